@@ -1,0 +1,56 @@
+# Waystation - the two commands a fresh Debian 12 machine needs: `make run` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+STAMP := $(VENV)/.installed
+# Debian packages the tests and benchmarks drive as real peers.
+DEB_PACKAGES := dcmtk orthanc fuse3 libfuse3-3 tmux python3-venv
+
+.PHONY: run test lint unit deps venv bench soak clean
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+## Debian packages: installed only when missing (needs root or sudo).
+deps:
+	@missing=""; for p in $(DEB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
+	fi
+
+## Start the router on the embedded default configuration (no file needed).
+run: $(STAMP)
+	$(VENV)/bin/waystation run --demo
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check router tui appliance hardware tests bench
+	$(VENV)/bin/ruff format --check router tui appliance hardware tests bench
+	$(VENV)/bin/mypy
+
+## Everything CI runs: lint, types, and the whole test suite (soaks and benchmarks excluded).
+test: deps $(STAMP) lint
+	$(PY) -m pytest -m "not slow" -q; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
+
+unit: $(STAMP)
+	$(PY) -m pytest tests/unit -q
+
+## Long soaks: 1000 power cuts and 100+ kill -9s.
+soak: deps $(STAMP)
+	WAYSTATION_SOAK=1 $(PY) -m pytest -m slow -q tests/crash
+
+## Benchmarks against DCMTK and Orthanc in the same run; writes docs/benchmarks.md.
+bench: deps $(STAMP)
+	$(PY) -m bench.ingest --out docs/benchmarks.md
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,153 @@
+"""The ``waystation`` command line. Exit codes: 0 ok, 1 error, 69 daemon unreachable,
+78 bad configuration."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from router import __version__
+from router.config import load_config, load_default_config
+from router.config.model import Config
+from router.errors import ConfigError, WaystationError
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_UNREACHABLE = 69
+EXIT_CONFIG = 78
+
+
+def _config(path: Path | None) -> Config:
+    return load_config(path) if path is not None else load_default_config(Path.cwd())
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from router.daemon import Router
+
+    config = _config(args.config)
+    _setup_logging(config.logging.level)
+    router = Router(config)
+    router.start()
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    ingest = config.ingest
+    print(
+        f"waystation ready: unit {config.unit.name}, AE title {config.unit.ae_title}, "
+        f"listening on {ingest.host}:{router.ingest.port}, spool {config.spool.path}",
+        flush=True,
+    )
+    if args.config is None:
+        print(
+            "Send a first study with DCMTK:\n"
+            f"  storescu -aec {config.unit.ae_title} {ingest.host} {router.ingest.port} FILE.dcm\n"
+            "Check what is held:  waystation spool verify   (Ctrl-C stops the router)",
+            flush=True,
+        )
+    stop.wait()
+    router.stop()
+    return EXIT_OK
+
+
+def cmd_config_check(args: argparse.Namespace) -> int:
+    config = load_config(args.path)
+    print(f"{args.path}: ok ({len(config.destinations)} destinations, {len(config.routes)} routes)")
+    return EXIT_OK
+
+
+def cmd_spool_verify(args: argparse.Namespace) -> int:
+    from router.spool.spool import Spool
+    from router.spool.verify import verify
+
+    spool = Spool(_config(args.config).spool)
+    try:
+        report = verify(spool)
+    finally:
+        spool.close()
+    print(
+        f"journal: {'ok' if report.journal_ok else 'DAMAGED'}; "
+        f"{report.checked} objects checked ({report.bytes_checked} bytes), "
+        f"{len(report.damaged)} damaged"
+    )
+    for object_id, reason in report.damaged:
+        print(f"DAMAGED {object_id}: {reason}")
+    return EXIT_OK if report.ok else EXIT_ERROR
+
+
+def cmd_spool_export(args: argparse.Namespace) -> int:
+    from router.spool.export import export
+    from router.spool.spool import Spool
+
+    spool = Spool(_config(args.config).spool)
+    try:
+        report = export(spool, args.out, study_uid=args.study)
+    finally:
+        spool.close()
+    print(f"exported {len(report.exported)} objects to {args.out}; {len(report.failed)} failed")
+    for object_id, reason in report.failed:
+        print(f"NOT EXPORTED {object_id}: {reason}")
+    return EXIT_OK if not report.failed else EXIT_ERROR
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every subcommand."""
+    parser = argparse.ArgumentParser(prog="waystation", description="Waystation DICOM router")
+    parser.add_argument("--version", action="version", version=f"waystation {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the router")
+    run.add_argument("--config", type=Path, help="configuration file (default: embedded)")
+    run.add_argument("--demo", action="store_true", help="embedded demo configuration")
+    run.set_defaults(func=cmd_run)
+
+    config = sub.add_parser("config", help="configuration tools").add_subparsers(
+        dest="config_command", required=True
+    )
+    check = config.add_parser("check", help="validate a configuration file")
+    check.add_argument("path", type=Path)
+    check.set_defaults(func=cmd_config_check)
+
+    spool = sub.add_parser("spool", help="spool tools").add_subparsers(
+        dest="spool_command", required=True
+    )
+    verify = spool.add_parser("verify", help="check every held object")
+    verify.add_argument("--config", type=Path)
+    verify.set_defaults(func=cmd_spool_verify)
+    export = spool.add_parser("export", help="decrypt held objects to DICOM files")
+    export.add_argument("--config", type=Path)
+    export.add_argument("--out", type=Path, required=True)
+    export.add_argument("--study", help="only this Study Instance UID")
+    export.set_defaults(func=cmd_spool_export)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``waystation`` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        result: int = args.func(args)
+        return result
+    except ConfigError as exc:
+        print("configuration is invalid:", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return EXIT_CONFIG
+    except WaystationError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

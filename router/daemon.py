@@ -1,0 +1,66 @@
+"""The composition root: builds the spool, recovery, routing and ingest from a Config."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from router.alarms import Alarms
+from router.config.model import Config
+from router.core.objects import ObjectAttributes, PlannedDelivery, Source
+from router.core.routing import Rule, plan
+from router.ingest.scp import IngestServer
+from router.spool.recovery import RecoveryReport, recover
+from router.spool.spool import Spool
+
+log = logging.getLogger("waystation")
+
+_HEALTH_INTERVAL = 5.0
+
+
+class Router:
+    """One Waystation router: spool first, then recovery, then the receiver."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.alarms = Alarms()
+        self.spool = Spool(config.spool)
+        # Why before ingest: nothing may be received until the journal and blobs agree.
+        self.recovery: RecoveryReport = recover(self.spool)
+        for object_id, reason in self.recovery.quarantined:
+            self.alarms.raise_("objects-quarantined", f"object {object_id}: {reason}")
+        self._rules = [Rule(r.name, tuple(r.to), r.priority) for r in config.routes]
+        self.ingest = IngestServer(
+            config.ingest,
+            ae_title=config.unit.ae_title,
+            spool=self.spool,
+            planner=self._plan,
+            alarm=self.alarms.raise_,
+        )
+        self._stopping = threading.Event()
+        self._health = threading.Thread(target=self._watch_health, name="health", daemon=True)
+
+    def _plan(self, attributes: ObjectAttributes, source: Source) -> list[PlannedDelivery]:
+        first = self.config.routing.mode == "first"
+        return plan(self._rules, attributes, source, first_match=first)
+
+    def start(self) -> None:
+        """Start receiving."""
+        self.ingest.start()
+        self._health.start()
+
+    def stop(self, grace: float = 30.0) -> None:
+        """Refuse new associations, let ongoing ones finish for up to ``grace`` seconds, stop."""
+        self._stopping.set()
+        self.ingest.refuse_new_associations()
+        deadline = time.monotonic() + grace
+        while self.ingest.ae.active_associations and time.monotonic() < deadline:
+            time.sleep(0.1)
+        self.ingest.stop()
+        self.spool.close()
+
+    def _watch_health(self) -> None:
+        while not self._stopping.wait(_HEALTH_INTERVAL):
+            if self.spool.free_bytes() >= self.config.spool.min_free:
+                self.alarms.clear("spool-full")

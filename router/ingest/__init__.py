@@ -1,0 +1,1 @@
+"""Ingest: the C-STORE and C-ECHO receiver (pynetdicom) that modalities send to."""

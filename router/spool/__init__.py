@@ -1,0 +1,1 @@
+"""The spool: encrypted blobs, the journal, the unit's keys, recovery, verify and export."""

@@ -1,0 +1,187 @@
+"""The journal: SQLite in WAL mode with synchronous=FULL, written by one committer thread that
+batches concurrent transactions into one durable commit (group commit).
+
+Why one writer: SQLite serialises writers anyway; one thread that takes every queued transaction
+at once turns N concurrent associations' N commits (N WAL fsyncs) into one, and the directory
+fsyncs their renames need into one per directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from router.errors import StorageFault
+from router.spool.fsio import fsync_dir
+from router.spool.schema import SCHEMA, SCHEMA_VERSION
+
+log = logging.getLogger("waystation.journal")
+
+Transaction = Callable[[sqlite3.Connection], Any]
+
+
+def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
+    """Open the journal with the settings its guarantees depend on."""
+    uri = f"file:{path}?mode=ro" if readonly else f"file:{path}"
+    conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA busy_timeout = 10000")
+    if not readonly:
+        # WAL + synchronous=FULL: a commit returns only after the WAL is fsynced.
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = FULL")
+        # Deleted rows (wrapped data keys) are overwritten, not left in free pages.
+        conn.execute("PRAGMA secure_delete = ON")
+    conn.execute("PRAGMA foreign_keys = ON")
+    return conn
+
+
+def create_schema(conn: sqlite3.Connection) -> None:
+    """Create the tables if needed and check the schema version."""
+    conn.executescript(SCHEMA)
+    row = conn.execute("SELECT value FROM journal_meta WHERE key = 'schema'").fetchone()
+    if row is None:
+        conn.execute(
+            "INSERT INTO journal_meta(key, value) VALUES ('schema', ?)", (str(SCHEMA_VERSION),)
+        )
+    elif int(row[0]) != SCHEMA_VERSION:
+        raise StorageFault(f"journal schema {row[0]} is not the supported {SCHEMA_VERSION}")
+
+
+@dataclass
+class _Item:
+    txn: Transaction
+    dirs: frozenset[Path]
+    future: Future[Any] = field(default_factory=Future)
+
+
+@dataclass
+class JournalStats:
+    """Counters for benchmarks and health: commits, batched transactions and fsyncs."""
+
+    commits: int = 0
+    transactions: int = 0
+    dir_fsyncs: int = 0
+
+
+class Journal:
+    """Durable, batched transactions over the journal database."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._conn = connect(path)
+        create_schema(self._conn)
+        self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self.stats = JournalStats()
+        self._failed: StorageFault | None = None
+        self._thread = threading.Thread(target=self._run, name="journal-committer", daemon=True)
+        self._thread.start()
+
+    def submit(self, txn: Transaction, dirs: Iterable[Path] = ()) -> Future[Any]:
+        """Queue ``txn`` to run inside a durable commit, after fsyncing ``dirs``.
+
+        The future resolves with txn's result once the commit is durable, or with the exception
+        (StorageFault when the directory fsync or the commit failed; nothing was committed).
+        """
+        item = _Item(txn, frozenset(dirs))
+        self._queue.put(item)
+        return item.future
+
+    def run(self, txn: Transaction, dirs: Iterable[Path] = ()) -> Any:
+        """Submit and wait."""
+        return self.submit(txn, dirs).result()
+
+    def read(self) -> sqlite3.Connection:
+        """A new connection for reading (each thread should use its own)."""
+        return connect(self.path)
+
+    def close(self) -> None:
+        """Finish queued transactions and stop the committer."""
+        self._queue.put(None)
+        self._thread.join(timeout=30)
+        with self._lock:
+            self._conn.close()
+
+    def _run(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            batch = [first]
+            # Take everything already queued: these transactions share one commit.
+            while True:
+                try:
+                    more = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    self._queue.put(None)
+                    break
+                batch.append(more)
+            self._commit(batch)
+
+    def _commit(self, batch: list[_Item]) -> None:
+        if self._failed is not None:
+            for item in batch:
+                item.future.set_exception(self._failed)
+            return
+        try:
+            # Why first: the directory entries (renamed blobs) must be durable before the
+            # journal row that points at them is.
+            for directory in sorted(set().union(*(item.dirs for item in batch))):
+                fsync_dir(directory)
+                self.stats.dir_fsyncs += 1
+        except StorageFault as exc:
+            for item in batch:
+                item.future.set_exception(exc)
+            return
+        results: list[tuple[_Item, Any, BaseException | None]] = []
+        with self._lock:
+            try:
+                self._conn.execute("BEGIN IMMEDIATE")
+                for index, item in enumerate(batch):
+                    # A savepoint per transaction: one failing does not undo the others.
+                    self._conn.execute(f"SAVEPOINT t{index}")
+                    try:
+                        value = item.txn(self._conn)
+                    except Exception as exc:  # contained: reported to that caller only
+                        self._conn.execute(f"ROLLBACK TO t{index}")
+                        self._conn.execute(f"RELEASE t{index}")
+                        results.append((item, None, exc))
+                    else:
+                        self._conn.execute(f"RELEASE t{index}")
+                        results.append((item, value, None))
+                self._conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                fault = StorageFault(f"journal commit failed: {exc}")
+                log.error("journal commit failed; nothing in this batch is acknowledged: %s", exc)
+                self._reset_after_failure()
+                for item in batch:
+                    item.future.set_exception(fault)
+                return
+        self.stats.commits += 1
+        self.stats.transactions += len(batch)
+        for item, value, error in results:
+            if error is None:
+                item.future.set_result(value)
+            else:
+                item.future.set_exception(error)
+
+    def _reset_after_failure(self) -> None:
+        # fsyncgate: after a failed commit the connection's view of durable state cannot be
+        # trusted. Roll back, reopen, and let SQLite's own recovery decide what is on disk.
+        with contextlib.suppress(sqlite3.Error):
+            self._conn.execute("ROLLBACK")
+        try:
+            self._conn.close()
+            self._conn = connect(self.path)
+        except sqlite3.Error as exc:
+            self._failed = StorageFault(f"journal unusable after a failed commit: {exc}")

@@ -1,0 +1,63 @@
+"""The journal's SQLite schema. No column holds patient data in plaintext: names, IDs,
+accession numbers, descriptions and UIDs live only in the sealed ``meta`` column; lookups by
+UID go through keyed tags (see keys.Keyring.lookup_tag)."""
+
+SCHEMA_VERSION = 1
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS journal_meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS objects(
+    id              TEXT PRIMARY KEY,
+    sop_tag         BLOB NOT NULL,
+    study_tag       BLOB NOT NULL,
+    sop_class_uid   TEXT NOT NULL,
+    transfer_syntax TEXT NOT NULL,
+    modality        TEXT NOT NULL,
+    size            INTEGER NOT NULL,
+    sha256          BLOB NOT NULL,
+    blob            TEXT NOT NULL,
+    chunk_size      INTEGER NOT NULL,
+    key_id          TEXT NOT NULL,
+    wrapped_key     BLOB,
+    meta            BLOB NOT NULL,
+    calling_ae      TEXT NOT NULL,
+    called_ae       TEXT NOT NULL,
+    peer            TEXT NOT NULL,
+    received_at     REAL NOT NULL,
+    state           TEXT NOT NULL,
+    replaces        TEXT
+);
+CREATE INDEX IF NOT EXISTS objects_sop ON objects(sop_tag, state);
+CREATE INDEX IF NOT EXISTS objects_study ON objects(study_tag);
+CREATE INDEX IF NOT EXISTS objects_state ON objects(state, received_at);
+CREATE TABLE IF NOT EXISTS deliveries(
+    object_id       TEXT NOT NULL REFERENCES objects(id),
+    destination     TEXT NOT NULL,
+    rule            TEXT NOT NULL,
+    priority        INTEGER NOT NULL,
+    state           TEXT NOT NULL,
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL NOT NULL DEFAULT 0,
+    last_status     INTEGER,
+    last_error      TEXT,
+    updated_at      REAL NOT NULL,
+    PRIMARY KEY(object_id, destination)
+);
+CREATE INDEX IF NOT EXISTS deliveries_queue
+    ON deliveries(destination, state, priority, next_attempt_at);
+CREATE TABLE IF NOT EXISTS history(
+    seq       INTEGER PRIMARY KEY AUTOINCREMENT,
+    object_id TEXT NOT NULL,
+    at        REAL NOT NULL,
+    event     TEXT NOT NULL,
+    detail    TEXT NOT NULL DEFAULT '{}'
+);
+CREATE INDEX IF NOT EXISTS history_object ON history(object_id, seq);
+CREATE TABLE IF NOT EXISTS alarms(
+    seq        INTEGER PRIMARY KEY AUTOINCREMENT,
+    code       TEXT NOT NULL,
+    message    TEXT NOT NULL,
+    raised_at  REAL NOT NULL,
+    cleared_at REAL
+);
+"""

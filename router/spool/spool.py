@@ -1,0 +1,291 @@
+"""The spool facade: receive, hold and read back encrypted objects under one journal.
+
+Directory layout (see docs/spool-format.md)::
+
+    <spool>/journal.sqlite (+ -wal, -shm)   the journal
+    <spool>/blobs/YYYYMMDD/<id>.part         an object being received (never acknowledged)
+    <spool>/blobs/YYYYMMDD/<id>.blob         a held object, encrypted
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from router.config.model import SpoolConfig
+from router.core.objects import ObjectAttributes, PlannedDelivery, Source
+from router.errors import StorageFull
+from router.spool import keys
+from router.spool.crypto import BlobReader, choose_cipher
+from router.spool.fsio import free_bytes, make_dirs
+from router.spool.incoming import IncomingObject
+from router.spool.journal import Journal
+
+log = logging.getLogger("waystation.spool")
+
+Outcome = Literal["stored", "duplicate", "replaced"]
+
+
+@dataclass(frozen=True)
+class StoreResult:
+    """What the journal made of a received object."""
+
+    object_id: str
+    outcome: Outcome
+    deliveries: int
+
+
+@dataclass(frozen=True)
+class HeldObject:
+    """A journal row as the spool's readers need it (no patient data in clear)."""
+
+    id: str
+    blob: str
+    size: int
+    sha256: bytes
+    key_id: str
+    wrapped_key: bytes | None
+    state: str
+    study_tag: bytes
+    meta: bytes
+    received_at: float
+
+
+_HELD_COLUMNS = "id, blob, size, sha256, key_id, wrapped_key, state, study_tag, meta, received_at"
+
+
+class Spool:
+    """Encrypted, journaled, power-loss-safe storage of received objects."""
+
+    def __init__(self, config: SpoolConfig) -> None:
+        self.config = config
+        self.root = config.path
+        self.blob_root = self.root / "blobs"
+        make_dirs(self.blob_root)
+        self.cipher = choose_cipher(config.cipher)
+        self.keyring = keys.load_or_create(config.resolved_key_file, self.cipher)
+        self.journal = Journal(self.root / "journal.sqlite")
+        self._day_dirs: set[Path] = set()
+        self._dir_lock = threading.Lock()
+        self._local = threading.local()
+
+    # -- receiving -------------------------------------------------------------------------
+
+    def begin(self) -> IncomingObject:
+        """Start receiving an object. Below ``min_free`` the object is refused up front."""
+        directory = self._today_dir()
+        refused = None
+        if self.free_bytes() < self.config.min_free:
+            refused = StorageFull("spool free space is below min_free")
+        return IncomingObject(
+            directory, data_key=os.urandom(32), cipher=self.cipher, refused=refused
+        )
+
+    def store(
+        self,
+        incoming: IncomingObject,
+        attributes: ObjectAttributes,
+        source: Source,
+        deliveries: Sequence[PlannedDelivery],
+    ) -> StoreResult:
+        """Make a finished object durable and record it with its deliveries in one commit.
+
+        Returns only once the commit is durable; raises StorageFault/StorageFull otherwise,
+        in which case nothing was acknowledged and the blob is removed.
+        """
+        if self.free_bytes() < self.config.min_free:
+            incoming.discard()
+            raise StorageFull("spool free space is below min_free")
+        try:
+            incoming.make_durable()
+            sop_tag = self.keyring.lookup_tag("sop", attributes.sop_instance_uid)
+            key_id, wrapped = self.keyring.wrap(incoming.data_key, incoming.object_id)
+            meta = self._seal_meta(incoming.object_id, attributes)
+
+            def transaction(conn: sqlite3.Connection) -> StoreResult:
+                return _record(
+                    conn,
+                    incoming=incoming,
+                    attributes=attributes,
+                    source=source,
+                    deliveries=deliveries,
+                    sop_tag=sop_tag,
+                    study_tag=self.keyring.lookup_tag("study", attributes.study_instance_uid),
+                    key_id=key_id,
+                    wrapped=wrapped,
+                    meta=meta,
+                    blob=str(incoming.final_path.relative_to(self.root)),
+                )
+
+            # Why wait here: the C-STORE success may only be sent after this returns.
+            result: StoreResult = self.journal.run(transaction, dirs=[incoming.directory])
+        except BaseException:
+            incoming.discard()
+            raise
+        if result.outcome == "duplicate":
+            incoming.discard()  # identical bytes are already held; keep the first copy
+        return result
+
+    def _seal_meta(self, object_id: str, attributes: ObjectAttributes) -> bytes:
+        record = {
+            **attributes.phi,
+            "sop_instance_uid": attributes.sop_instance_uid,
+            "study_instance_uid": attributes.study_instance_uid,
+            "series_instance_uid": attributes.series_instance_uid,
+        }
+        return self.keyring.seal_record(object_id, json.dumps(record).encode())
+
+    def _today_dir(self) -> Path:
+        directory = self.blob_root / time.strftime("%Y%m%d", time.gmtime())
+        if directory not in self._day_dirs:
+            with self._dir_lock:
+                make_dirs(directory)
+                self._day_dirs.add(directory)
+        return directory
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def reader_connection(self) -> sqlite3.Connection:
+        """This thread's read connection to the journal."""
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self.journal.read()
+            self._local.conn = conn
+        return conn
+
+    def held_objects(self, states: Sequence[str] = ("held",)) -> Iterator[HeldObject]:
+        """Every object in the given states, oldest first."""
+        marks = ",".join("?" * len(states))
+        query = f"SELECT {_HELD_COLUMNS} FROM objects WHERE state IN ({marks}) ORDER BY rowid"
+        for row in self.reader_connection().execute(query, tuple(states)):
+            yield HeldObject(*row)
+
+    def study_tag(self, study_instance_uid: str) -> bytes:
+        """The lookup tag of a Study Instance UID."""
+        return self.keyring.lookup_tag("study", study_instance_uid)
+
+    def open_object(self, held: HeldObject) -> BlobReader:
+        """A plaintext reader over a held object; every chunk is authenticated as read."""
+        from router.errors import IntegrityError
+
+        if held.wrapped_key is None:
+            raise IntegrityError(f"object {held.id} was deleted (its key is destroyed)")
+        data_key = self.keyring.unwrap(held.key_id, held.wrapped_key, held.id)
+        return BlobReader(
+            self.root / held.blob, data_key=data_key, object_id=bytes.fromhex(held.id)
+        )
+
+    def metadata(self, held: HeldObject) -> dict[str, str]:
+        """The sealed metadata of an object (patient data: never log it)."""
+        record: dict[str, str] = json.loads(self.keyring.open_record(held.id, held.meta))
+        return record
+
+    def free_bytes(self) -> int:
+        """Free bytes on the spool's file system."""
+        return free_bytes(self.root)
+
+    def close(self) -> None:
+        """Stop the journal committer."""
+        self.journal.close()
+
+
+def _record(
+    conn: sqlite3.Connection,
+    *,
+    incoming: IncomingObject,
+    attributes: ObjectAttributes,
+    source: Source,
+    deliveries: Sequence[PlannedDelivery],
+    sop_tag: bytes,
+    study_tag: bytes,
+    key_id: str,
+    wrapped: bytes,
+    meta: bytes,
+    blob: str,
+) -> StoreResult:
+    """The journal transaction of one received object (runs in the committer thread)."""
+    now = time.time()
+    object_id = incoming.object_id
+    previous = conn.execute(
+        "SELECT id, sha256 FROM objects WHERE sop_tag = ? AND state = 'held'", (sop_tag,)
+    ).fetchone()
+    received = {"calling_ae": source.calling_ae, "peer": source.peer, "size": incoming.size}
+    if previous is not None and bytes(previous[1]) == incoming.sha256:
+        _history(conn, previous[0], now, "received-again", {**received, "identical": True})
+        return StoreResult(previous[0], "duplicate", 0)
+    outcome: Outcome = "stored"
+    if previous is not None:
+        outcome = "replaced"
+        conn.execute("UPDATE objects SET state = 'superseded' WHERE id = ?", (previous[0],))
+        conn.execute(
+            "UPDATE deliveries SET state = 'cancelled', updated_at = ? "
+            "WHERE object_id = ? AND state IN ('pending', 'failed')",
+            (now, previous[0]),
+        )
+        _history(conn, previous[0], now, "superseded", {"by": object_id})
+    conn.execute(
+        "INSERT INTO objects(id, sop_tag, study_tag, sop_class_uid, transfer_syntax, modality,"
+        " size, sha256, blob, chunk_size, key_id, wrapped_key, meta, calling_ae, called_ae,"
+        " peer, received_at, state, replaces)"
+        " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,'held',?)",
+        (
+            object_id,
+            sop_tag,
+            study_tag,
+            attributes.sop_class_uid,
+            attributes.transfer_syntax,
+            attributes.modality,
+            incoming.size,
+            incoming.sha256,
+            blob,
+            incoming.chunk_size,
+            key_id,
+            wrapped,
+            meta,
+            source.calling_ae,
+            source.called_ae,
+            source.peer,
+            now,
+            previous[0] if previous is not None else None,
+        ),
+    )
+    _history(conn, object_id, now, "received", {**received, "sha256": incoming.sha256.hex()})
+    if previous is not None:
+        _history(conn, object_id, now, "replaces", {"object": previous[0]})
+    for delivery in deliveries:
+        conn.execute(
+            "INSERT INTO deliveries(object_id, destination, rule, priority, state, updated_at)"
+            " VALUES (?, ?, ?, ?, 'pending', ?)",
+            (object_id, delivery.destination, delivery.rule, delivery.priority_rank, now),
+        )
+        _history(
+            conn,
+            object_id,
+            now,
+            "routed",
+            {
+                "rule": delivery.rule,
+                "destination": delivery.destination,
+                "priority": delivery.priority,
+            },
+        )
+    if not deliveries:
+        _history(conn, object_id, now, "unrouted", {"reason": "no routing rule matched"})
+    return StoreResult(object_id, outcome, len(deliveries))
+
+
+def _history(
+    conn: sqlite3.Connection, object_id: str, at: float, event: str, detail: dict[str, object]
+) -> None:
+    conn.execute(
+        "INSERT INTO history(object_id, at, event, detail) VALUES (?, ?, ?, ?)",
+        (object_id, at, event, json.dumps(detail, sort_keys=True)),
+    )

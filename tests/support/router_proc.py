@@ -1,0 +1,145 @@
+"""Run a real Waystation router as a subprocess on loopback, for integration and crash tests."""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import TracebackType
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def write_config(
+    directory: Path,
+    *,
+    port: int,
+    spool: Path | None = None,
+    min_free: str = "16 MiB",
+    allowed_callers: tuple[str, ...] = (),
+    extra: str = "",
+    destinations: str = "",
+) -> Path:
+    """Write a configuration file for a test router; returns its path."""
+    spool = spool or directory / "spool"
+    callers = ", ".join(f'"{c}"' for c in allowed_callers)
+    text = f"""
+[unit]
+name = "test-unit"
+ae_title = "WAYSTATION"
+
+[ingest]
+listen = "127.0.0.1:{port}"
+allowed_callers = [{callers}]
+max_pdu = 262144
+
+[spool]
+path = "{spool}"
+min_free = "{min_free}"
+key_file = "{directory / "keys" / "unit.keys"}"
+
+[logging]
+level = "info"
+{destinations}
+{extra}
+"""
+    path = directory / "waystation.toml"
+    path.write_text(text)
+    return path
+
+
+class RouterProcess:
+    """``waystation run`` in a subprocess; ``start`` returns once it is listening."""
+
+    def __init__(
+        self, config: Path, *, env: dict[str, str] | None = None, log: Path | None = None
+    ) -> None:
+        self.config = config
+        self.env = {**os.environ, **(env or {})}
+        self.log_path = log or config.parent / "router.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 60.0) -> RouterProcess:
+        """Start and wait for the ready line; raises with the log if it does not come."""
+        log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the process
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "router.cli", "run", "--config", str(self.config)],
+            cwd=REPO,
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=log,
+        )
+        assert self.proc.stdout is not None
+        deadline = time.monotonic() + timeout
+        line = b""
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([self.proc.stdout], [], [], 0.2)
+            if ready:
+                line = self.proc.stdout.readline()
+                if line.startswith(b"waystation ready"):
+                    return self
+                if not line and self.proc.poll() is not None:
+                    break
+            elif self.proc.poll() is not None:
+                break
+        self.kill9()
+        raise RuntimeError(
+            f"router did not start (exit {self.proc.returncode}):\n{self.read_log()}"
+        )
+
+    def read_log(self) -> str:
+        """The router's stderr so far."""
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def kill9(self) -> None:
+        """SIGKILL: no cleanup of any kind."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(timeout=30)
+
+    def stop(self, timeout: float = 60.0) -> int:
+        """SIGTERM and wait; returns the exit code."""
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.kill9()
+        return int(self.proc.returncode or 0)
+
+    def __enter__(self) -> RouterProcess:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def waystation(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run the waystation CLI; returns the completed process (never raises on exit code)."""
+    return subprocess.run(
+        [sys.executable, "-m", "router.cli", *args],
+        cwd=REPO,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )

@@ -1,0 +1,74 @@
+"""A pynetdicom C-STORE sender for tests: records exactly which objects were acknowledged."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pydicom import dcmread
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, StoragePresentationContexts
+
+ON_ACK = Callable[[Path, int], None]
+
+
+@dataclass
+class SendResult:
+    """Statuses by file; ``acknowledged`` holds files answered 0x0000."""
+
+    statuses: dict[Path, int] = field(default_factory=dict)
+    error: str | None = None
+
+    @property
+    def acknowledged(self) -> list[Path]:
+        """Files the receiver answered with success."""
+        return [p for p, s in self.statuses.items() if s == 0]
+
+
+def _contexts_for(files: list[Path]) -> list[tuple[str, str]]:
+    pairs: set[tuple[str, str]] = set()
+    for path in files:
+        meta = dcmread(path, stop_before_pixels=True, specific_tags=[]).file_meta
+        pairs.add((str(meta.MediaStorageSOPClassUID), str(meta.TransferSyntaxUID)))
+    return sorted(pairs)
+
+
+def send(
+    files: Iterable[Path],
+    port: int,
+    *,
+    calling_ae: str = "TESTSCU",
+    called_ae: str = "WAYSTATION",
+    on_ack: ON_ACK | None = None,
+    timeout: float = 120.0,
+) -> SendResult:
+    """Send files over one association, each in its own transfer syntax."""
+    files = list(files)
+    result = SendResult()
+    ae = AE(ae_title=calling_ae)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
+    for sop_class, syntax in _contexts_for(files):
+        ae.add_requested_context(sop_class, [syntax])
+    if len(ae.requested_contexts) > 128:
+        raise ValueError("too many presentation contexts for one association")
+    assoc = ae.associate("127.0.0.1", port, ae_title=called_ae)
+    if not assoc.is_established:
+        result.error = "association not established"
+        return result
+    try:
+        for path in files:
+            status = assoc.send_c_store(path)
+            code = int(status.Status) if status and "Status" in status else -1
+            result.statuses[path] = code
+            if code == 0 and on_ack is not None:
+                on_ack(path, code)
+            if not assoc.is_established:
+                result.error = "association ended"
+                break
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    return result
+
+
+__all__ = ["ALL_TRANSFER_SYNTAXES", "StoragePresentationContexts", "SendResult", "send"]
