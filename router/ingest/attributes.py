@@ -73,12 +73,15 @@ def read_attributes(
 
 
 def _read_header(stream: BinaryIO) -> Dataset:
+    end = stream.seek(0, io.SEEK_END)
     stream.seek(0)
     read_preamble(stream, force=False)
     meta = _read_file_meta_info(stream)
     if meta.get("TransferSyntaxUID") != DeflatedExplicitVRLittleEndian:
         stream.seek(0)
-        return dcmread(stream, stop_before_pixels=True, defer_size=_DEFER)
+        dataset = dcmread(stream, stop_before_pixels=True, defer_size=_DEFER)
+        _check_lengths(dataset, end)
+        return dataset
     # pydicom would inflate the whole remainder in memory: inflate a bounded prefix instead.
     inflater = zlib.decompressobj(-zlib.MAX_WBITS)
     inflated = bytearray()
@@ -94,5 +97,16 @@ def _read_header(stream: BinaryIO) -> Dataset:
         stop_when=lambda tag, vr, length: tag.group >= 0x7FE0,
         defer_size=_DEFER,
     )
+    _check_lengths(dataset, len(inflated))
     dataset.file_meta = meta
     return dataset
+
+
+def _check_lengths(dataset: Dataset, end: int) -> None:
+    """pydicom reads a value that runs past the end of the data as a short value, silently;
+    such a stream is broken (truncated or hostile) and is not acknowledged."""
+    for raw in dataset._dict.values():
+        tell = getattr(raw, "value_tell", None)
+        length = getattr(raw, "length", 0)
+        if tell is not None and length != 0xFFFFFFFF and tell + length > end:
+            raise UnreadableObject(f"element {raw.tag} runs past the end of the data set")
