@@ -79,9 +79,9 @@ def _read_header(stream: BinaryIO) -> Dataset:
     meta = _read_file_meta_info(stream)
     if meta.get("TransferSyntaxUID") != DeflatedExplicitVRLittleEndian:
         stream.seek(0)
-        dataset = dcmread(stream, stop_before_pixels=True, defer_size=_DEFER)
-        _check_lengths(dataset, end)
-        return dataset
+        parsed = dcmread(stream, stop_before_pixels=True, defer_size=_DEFER)
+        _check_lengths(parsed, end)
+        return parsed
     # pydicom would inflate the whole remainder in memory: inflate a bounded prefix instead.
     inflater = zlib.decompressobj(-zlib.MAX_WBITS)
     inflated = bytearray()

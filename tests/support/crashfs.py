@@ -193,7 +193,7 @@ class _Inode:
     def size(self) -> int:
         if self.data is not None:
             return self.data.size
-        return len(self.target.encode()) if self.target else BLOCK
+        return len(os.fsencode(self.target)) if self.target else BLOCK
 
     def touch(self, *fields: str) -> None:
         now = time.time_ns()
@@ -216,7 +216,7 @@ def _locked(method: _Method) -> _Method:
 
     @functools.wraps(method)
     def wrapper(self: CrashOperations, *args: Any, **kwargs: Any) -> Any:
-        with self.lock:
+        with self.mutex:
             return method(self, *args, **kwargs)
 
     return cast(_Method, wrapper)
@@ -228,7 +228,7 @@ class CrashOperations(mfusepy.Operations if mfusepy is not None else object):  #
     use_ns = True  # times are integer nanoseconds
 
     def __init__(self, capacity: int = DEFAULT_CAPACITY) -> None:
-        self.lock = threading.Lock()
+        self.mutex = threading.Lock()
         self.capacity = capacity
         self.fault: Fault = "none"
         self.counters = dict.fromkeys(_COUNTERS, 0)
@@ -238,7 +238,9 @@ class CrashOperations(mfusepy.Operations if mfusepy is not None else object):  #
         self.root = self._new_inode(stat.S_IFDIR | 0o755, os.getuid(), os.getgid())
 
     # -- helpers ---------------------------------------------------------------------------
-    def _new_inode(self, mode: int, uid: int | None = None, gid: int | None = None, target: str = "") -> _Inode:
+    def _new_inode(
+        self, mode: int, uid: int | None = None, gid: int | None = None, target: str = ""
+    ) -> _Inode:
         if uid is None or gid is None:
             uid, gid, _ = mfusepy.fuse_get_context()
         self._next_ino += 1
@@ -256,8 +258,10 @@ class CrashOperations(mfusepy.Operations if mfusepy is not None else object):  #
         return node
 
     def _node(self, path: str | None, fh: int | None) -> _Inode:
-        node = self.handles.get(fh) if fh else None
-        return node if node is not None else self._lookup(path)
+        if not fh:  # handles start at 1
+            return self._lookup(path)
+        # Why no fallback to the path: a handle from before a cut must not reach a new file.
+        return self.handles.get(fh) or _raise(errno.EBADF)
 
     def _parent(self, path: str) -> tuple[_Inode, dict[str, _Inode], str]:
         head, _, name = path.rstrip("/").rpartition("/")
@@ -337,7 +341,9 @@ class CrashOperations(mfusepy.Operations if mfusepy is not None else object):  #
         node = self._node(path, fh)
         if node.entries is None:
             raise _err(errno.ENOTDIR)
-        items = [(n, {"st_mode": c.meta["mode"], "st_ino": c.ino}, 0) for n, c in node.entries.items()]
+        items = [
+            (n, {"st_mode": c.meta["mode"], "st_ino": c.ino}, 0) for n, c in node.entries.items()
+        ]
         return [".", "..", *items]
 
     @_locked
@@ -430,7 +436,10 @@ class CrashOperations(mfusepy.Operations if mfusepy is not None else object):  #
             return 0
         old_slash, new_slash = old.rstrip("/") + "/", new.rstrip("/") + "/"
         if (node.entries is not None and new_slash.startswith(old_slash)) or (
-            flags & _RENAME_EXCHANGE and target and target.entries and old_slash.startswith(new_slash)
+            flags & _RENAME_EXCHANGE
+            and target is not None
+            and target.entries is not None
+            and old_slash.startswith(new_slash)
         ):
             raise _err(errno.EINVAL)  # a directory cannot move below itself
         if flags & _RENAME_EXCHANGE:
@@ -449,8 +458,9 @@ class CrashOperations(mfusepy.Operations if mfusepy is not None else object):  #
                     raise _err(errno.ENOTEMPTY)
                 self._remove(dst, dst_name)
             dst_entries[dst_name] = src_entries.pop(src_name)
-        for changed in (src, dst, node):
-            changed.touch("ctime", "mtime") if changed is not node else changed.touch("ctime")
+        src.touch("mtime", "ctime")
+        dst.touch("mtime", "ctime")
+        node.touch("ctime")
         return 0
 
     @_locked
@@ -543,8 +553,9 @@ class CrashOperations(mfusepy.Operations if mfusepy is not None else object):  #
         return 0
 
     def _count_sync(self, kind: str) -> None:
-        self.counters["fsync" if kind == "fdatasync" else kind] += 1
-        self.counters[kind] += kind == "fdatasync"
+        self.counters[kind] += 1
+        if kind == "fdatasync":
+            self.counters["fsync"] += 1  # `fsync` counts both kinds
         if self.fault == "fsync-eio":  # Why before any state change: a failed sync keeps nothing
             self.counters["failed_syncs"] += 1
             raise _err(errno.EIO)
@@ -562,7 +573,7 @@ class CrashOperations(mfusepy.Operations if mfusepy is not None else object):  #
     def control(self, request: dict[str, Any]) -> dict[str, Any]:
         """Execute one control request atomically with respect to FUSE operations."""
         op = request.get("op")
-        with self.lock:
+        with self.mutex:
             if op == "cut":
                 self._cut_power()
             elif op == "stats":
@@ -624,13 +635,17 @@ class _FUSE(mfusepy.FUSE if mfusepy is not None else object):  # type: ignore[mi
         return self.operations.rename(self._decode(old), self._decode(new), flags)
 
     def truncate_fuse_3(self, path: bytes | None, length: int, fip: Any) -> int:
-        return self.operations.truncate(self._decode(path), length, fip.contents.fh if fip else None)
+        return self.operations.truncate(
+            self._decode(path), length, fip.contents.fh if fip else None
+        )
 
     def chmod_fuse_3(self, path: bytes | None, mode: int, fip: Any) -> int:
         return self.operations.chmod(self._decode(path), mode, fip.contents.fh if fip else None)
 
     def utimens_fuse_3(self, path: bytes | None, buf: Any, fip: Any) -> int:
-        times = (_timespec_ns(buf.contents.actime), _timespec_ns(buf.contents.modtime)) if buf else None
+        times = (
+            (_timespec_ns(buf.contents.actime), _timespec_ns(buf.contents.modtime)) if buf else None
+        )
         return self.operations.utimens(self._decode(path), times, fip.contents.fh if fip else None)
 
 
@@ -670,14 +685,16 @@ def serve(mountpoint: Path, capacity: int = DEFAULT_CAPACITY, debug: bool = Fals
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tests.support.crashfs", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.support.crashfs", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("mountpoint", type=Path)
     parser.add_argument("--capacity", type=int, default=DEFAULT_CAPACITY, help="bytes")
     parser.add_argument("--die-with-parent", action="store_true", help="SIGTERM when parent dies")
     parser.add_argument("--debug", action="store_true", help="libfuse debug output on stderr")
     args = parser.parse_args(argv)
     if args.die_with_parent:  # pytest killed: libfuse's SIGTERM handler still unmounts
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
         if os.getppid() == 1:
             return 1
     serve(args.mountpoint, args.capacity, args.debug)
@@ -733,6 +750,7 @@ class CrashFS:
         self.control_path = control_socket_path(self.mountpoint)
         self.process: subprocess.Popen[bytes] | None = None
         self.log_path: Path | None = None
+        self._log = ""
 
     def __enter__(self) -> CrashFS:
         self.mount()
@@ -769,21 +787,33 @@ class CrashFS:
     def unmount(self, timeout: float = 15.0) -> None:
         """Unmount (lazily if busy) and stop the server; safe to call more than once."""
         _MOUNTED.discard(self)
+        process, self.process = self.process, None
         if os.path.ismount(self.mountpoint):
             quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
             if subprocess.run(["fusermount3", "-u", str(self.mountpoint)], **quiet).returncode:
+                # Busy: detach it now. The server would serve the remaining open files until
+                # they are closed, so stop it (their users get ENOTCONN).
                 subprocess.run(["fusermount3", "-u", "-z", str(self.mountpoint)], **quiet)
-        if self.process is not None:
+                if process is not None:
+                    process.terminate()
+        elif process is not None:
+            process.terminate()  # never mounted (or already gone)
+        if process is not None:
             try:
-                self.process.wait(timeout)
+                process.wait(timeout)
             except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-            self.process = None
+                process.kill()
+                process.wait()
+        if self.log_path is not None:
+            self._log = self.server_log()
+            self.log_path.unlink(missing_ok=True)
+            self.log_path = None
 
     def server_log(self) -> str:
         """The server's stderr (libfuse and mfusepy messages, tracebacks of FS bugs)."""
-        return self.log_path.read_text(errors="replace") if self.log_path else ""
+        if self.log_path is None:
+            return self._log
+        return self.log_path.read_text(errors="replace")
 
     def _request(self, **request: Any) -> dict[str, Any]:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pydicom import dcmread
-from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, StoragePresentationContexts
+from pynetdicom import AE
 
 ON_ACK = Callable[[Path, int], None]
 
@@ -70,5 +70,3 @@ def send(
             assoc.release()
     return result
 
-
-__all__ = ["ALL_TRANSFER_SYNTAXES", "StoragePresentationContexts", "SendResult", "send"]
