@@ -1,0 +1,44 @@
+"""Fixtures for crash tests: templates of mixed sizes, and the crash file system."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support import dicomgen
+from tests.support.crashfs import CrashFS, crashfs_unavailable_reason
+
+
+def soak() -> bool:
+    """True under `make soak` (long runs)."""
+    return os.environ.get("WAYSTATION_SOAK") == "1"
+
+
+@pytest.fixture(scope="session")
+def templates(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """A tiny object and a 512x512 CT slice: small and medium objects in the traffic."""
+    base = tmp_path_factory.mktemp("templates")
+    tiny = dicomgen.make_tiny_objects(base / "tiny", count=1)
+    ct = dicomgen.make_ct_series(base / "ct", count=1)
+    return tiny * 4 + ct
+
+
+@pytest.fixture
+def crashfs(tmp_path: Path) -> Iterator[CrashFS]:
+    """A mounted power-loss file system, unmounted afterwards whatever happens."""
+    reason = crashfs_unavailable_reason()
+    if reason is not None:
+        if os.environ.get("WAYSTATION_REQUIRE_PEERS") == "1":
+            pytest.fail(f"crash file system unavailable: {reason}")
+        pytest.skip(reason)
+    mount = tmp_path / "mnt"
+    mount.mkdir()
+    fs = CrashFS(mount)
+    fs.mount()
+    try:
+        yield fs
+    finally:
+        fs.unmount()
