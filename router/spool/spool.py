@@ -76,6 +76,7 @@ class Spool:
         self._day_dirs: set[Path] = set()
         self._dir_lock = threading.Lock()
         self._local = threading.local()
+        self._readers: list[sqlite3.Connection] = []
 
     # -- receiving -------------------------------------------------------------------------
 
@@ -159,6 +160,8 @@ class Spool:
         if conn is None:
             conn = self.journal.read()
             self._local.conn = conn
+            with self._dir_lock:
+                self._readers.append(conn)
         return conn
 
     def held_objects(self, states: Sequence[str] = ("held",)) -> Iterator[HeldObject]:
@@ -193,7 +196,11 @@ class Spool:
         return free_bytes(self.root)
 
     def close(self) -> None:
-        """Stop the journal committer."""
+        """Close every reader connection and stop the journal committer."""
+        with self._dir_lock:
+            readers, self._readers = self._readers, []
+        for conn in readers:
+            conn.close()
         self.journal.close()
 
 

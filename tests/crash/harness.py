@@ -147,12 +147,15 @@ def run_trials(
         started = time.monotonic()
         router = RouterProcess(config, env=env, log=log).start()
         figures.restart_seconds.append(time.monotonic() - started)
+        # Check what the restarted router holds after its recovery, with the router stopped
+        # (a clean stop changes nothing held), then start it again for the next crash.
+        router.stop()
         lost, corrupt = check_held(config, set(traffic.acked), verified)
         figures.lost.extend(u for u in lost if u not in figures.lost)
         figures.corrupt.extend(u for u in corrupt if u not in figures.corrupt)
         if trial == trials:
-            router.stop()
             break
+        router = RouterProcess(config, env=env, log=log).start()
         traffic.run(rng.uniform(0.05, max_seconds), router)
         if crashfs is not None:
             crashfs.cut_power()

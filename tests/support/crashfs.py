@@ -17,22 +17,27 @@ copy-on-write contents (:class:`_Contents`); a directory has a volatile and a du
 map. All state lives in the memory of the server process.
 
 Server: ``python -m tests.support.crashfs MOUNTPOINT`` (cwd = repository root) mounts in the
-foreground with a single FUSE thread. Every FUSE operation and every control request runs
-under one lock, so a power cut is atomic with respect to file system operations.
+foreground with a single FUSE thread (``-s``) plus a control thread. Every FUSE operation and
+every control request runs under one mutex, so a power cut happens entirely between two
+operations (atomic) and never inside one. Statistics: fsync, fdatasync, fsyncdir counts etc.
 
 Kernel settings: entry/attr/negative timeouts 0; writeback cache off (each write reaches the
 FS before write(2) returns); no direct_io, so the page cache and shared mmap work (SQLite's
 ``-shm``) and each open() drops cached pages, so reads after a cut see reverted data; POSIX
-locks are left to the kernel (no ``lock`` op); ``hard_remove`` (unlinked open files live on
-through their handle instead of being renamed to ``.fuse_hidden*``).
+locks are left to the kernel (no ``lock`` op). libfuse "unlinks" an open file by renaming it to
+``.fuse_hidden*`` (so fstat keeps working); CrashFS treats that rename as the unlink and keeps
+the file outside the directory entries, so it is neither listed nor made durable (so do not
+name your own files ``.fuse_hidden*``).
 
-Control protocol: a Unix socket at :func:`control_socket_path` (derived from the mount point,
-so any process can find it). One JSON request line per connection, one JSON reply line:
+Control protocol: a Unix socket at :func:`control_socket_path` (in the temp dir, derived from
+the mount point, so any process with the same TMPDIR can find it). One JSON request line per
+connection, one JSON reply line:
 ``{"op": "ping" | "cut" | "stats" | "reset-stats"}``, ``{"op": "inject", "fault": F}`` with F
 in ``none``/``fsync-eio``/``enospc``, ``{"op": "capacity", "bytes": N}``. Replies are
 ``{"ok": true, ...}`` or ``{"ok": false, "error": "..."}``.
 
-Caller contract: SIGKILL every process using the mount and wait for it *before* cut_power().
+Caller contract: SIGKILL every process using the mount and wait for it *before* cut_power()
+(a dead process has no write in flight and its mmap'd pages were written back at exit).
 File handles open at the cut become invalid (EBADF), as after a reboot.
 """
 
@@ -170,8 +175,8 @@ class _Inode:
     """A file, directory or symlink: its volatile state and the state a power cut restores."""
 
     __slots__ = (
-        "alive", "data", "durable_entries", "durable_meta", "entries", "ino", "meta", "nlink",
-        "opens", "target",
+        "alive", "data", "durable_entries", "durable_meta", "entries", "hidden", "ino", "meta",
+        "nlink", "opens", "target",
     )  # fmt: skip
 
     def __init__(self, ino: int, mode: int, uid: int, gid: int, target: str = "") -> None:
@@ -184,6 +189,7 @@ class _Inode:
         self.data = _Contents() if stat.S_ISREG(mode) else None
         self.entries: dict[str, _Inode] | None = {} if stat.S_ISDIR(mode) else None
         self.durable_entries: dict[str, _Inode] | None = {} if stat.S_ISDIR(mode) else None
+        self.hidden: dict[str, _Inode] = {}  # unlinked open files (.fuse_hidden*), never durable
         self.target = target  # symlink contents, immutable, so durable with the inode
         self.nlink = 0  # volatile entries naming this inode
         self.opens = 0
@@ -206,6 +212,7 @@ class _Inode:
             self.data.revert()
         if self.durable_entries is not None:
             self.entries = dict(self.durable_entries)
+        self.hidden = {}
 
 
 _Method = TypeVar("_Method", bound=Callable[..., Any])
@@ -254,7 +261,7 @@ class CrashOperations(mfusepy.Operations if mfusepy is not None else object):  #
             if part:
                 if node.entries is None:
                     raise _err(errno.ENOTDIR)
-                node = node.entries.get(part) or _raise(errno.ENOENT)
+                node = node.entries.get(part) or node.hidden.get(part) or _raise(errno.ENOENT)
         return node
 
     def _node(self, path: str | None, fh: int | None) -> _Inode:
@@ -316,7 +323,8 @@ class CrashOperations(mfusepy.Operations if mfusepy is not None else object):  #
     def init_with_config(self, conn: Any, config: Any) -> None:
         if config is not None:
             config.entry_timeout = config.attr_timeout = config.negative_timeout = 0.0
-            config.hard_remove, config.use_ino = 1, 1
+            # hard_remove stays off: with it libfuse cannot fstat an unlinked open file (ESTALE).
+            config.hard_remove, config.nullpath_ok, config.use_ino = 0, 1, 1
             config.direct_io = config.kernel_cache = config.auto_cache = 0
         if conn is not None:
             # Why: with writeback caching the kernel would hold writes until fsync/close, so a
@@ -408,6 +416,9 @@ class CrashOperations(mfusepy.Operations if mfusepy is not None else object):  #
     @_locked
     def unlink(self, path: str) -> int:
         parent, entries, name = self._parent(path)
+        if name in parent.hidden:  # the last close of a hidden file
+            self._maybe_free(parent.hidden.pop(name))
+            return 0
         if (entries.get(name) or _raise(errno.ENOENT)).entries is not None:
             raise _err(errno.EISDIR)
         self._remove(parent, name)
@@ -429,6 +440,11 @@ class CrashOperations(mfusepy.Operations if mfusepy is not None else object):  #
         src, src_entries, src_name = self._parent(old)
         dst, dst_entries, dst_name = self._parent(new)
         node = src_entries.get(src_name) or _raise(errno.ENOENT)
+        if src is dst and dst_name.startswith(".fuse_hidden") and not flags:
+            # libfuse's unlink of an open file: an unlink here, durable like any other.
+            self._remove(src, src_name)
+            src.hidden[dst_name] = node
+            return 0
         target = dst_entries.get(dst_name)
         if flags & ~(_RENAME_NOREPLACE | _RENAME_EXCHANGE):
             raise _err(errno.EINVAL)
@@ -471,8 +487,8 @@ class CrashOperations(mfusepy.Operations if mfusepy is not None else object):  #
         return 0
 
     @_locked
-    def chown(self, path: str | None, uid: int, gid: int) -> int:
-        node = self._lookup(path)
+    def chown(self, path: str | None, uid: int, gid: int, fh: int | None = None) -> int:
+        node = self._node(path, fh)
         node.meta["uid"] = node.meta["uid"] if uid == -1 else uid
         node.meta["gid"] = node.meta["gid"] if gid == -1 else gid
         node.touch("ctime")
@@ -577,8 +593,8 @@ class CrashOperations(mfusepy.Operations if mfusepy is not None else object):  #
             if op == "cut":
                 self._cut_power()
             elif op == "stats":
-                return {"stats": {**self.counters, "used_bytes": self.used,
-                                  "capacity": self.capacity, "fault": self.fault}}  # fmt: skip
+                state = {"used_bytes": self.used, "capacity": self.capacity, "fault": self.fault}
+                return {"stats": {**self.counters, **state}}
             elif op == "reset-stats":
                 self.counters = dict.fromkeys(_COUNTERS, 0)
             elif op == "inject":
@@ -626,27 +642,33 @@ def _timespec_ns(ts: Any) -> int | None:
 
 class _FUSE(mfusepy.FUSE if mfusepy is not None else object):  # type: ignore[misc]
     """mfusepy.FUSE passing what its libfuse3 wrappers drop: rename flags, the file handle of
-    ftruncate/fchmod/futimens, and UTIME_NOW/UTIME_OMIT."""
+    ftruncate/fchmod/fchown/futimens (needed with nullpath_ok), and UTIME_NOW/UTIME_OMIT."""
 
     def _decode(self, path: bytes | None) -> str | None:
         return None if path is None else path.decode(self.encoding, self.errors)
 
     def rename_fuse_3(self, old: bytes, new: bytes, flags: int) -> int:
-        return self.operations.rename(self._decode(old), self._decode(new), flags)
+        return int(self.operations.rename(self._decode(old), self._decode(new), flags))
 
     def truncate_fuse_3(self, path: bytes | None, length: int, fip: Any) -> int:
-        return self.operations.truncate(
-            self._decode(path), length, fip.contents.fh if fip else None
-        )
+        return int(self.operations.truncate(self._decode(path), length, _fh(fip)))
 
     def chmod_fuse_3(self, path: bytes | None, mode: int, fip: Any) -> int:
-        return self.operations.chmod(self._decode(path), mode, fip.contents.fh if fip else None)
+        return int(self.operations.chmod(self._decode(path), mode, _fh(fip)))
+
+    def chown_fuse_3(self, path: bytes | None, uid: int, gid: int, fip: Any) -> int:
+        uid, gid = (-1 if v == 0xFFFFFFFF else v for v in (uid, gid))  # (uid_t)-1: unchanged
+        return int(self.operations.chown(self._decode(path), uid, gid, _fh(fip)))
 
     def utimens_fuse_3(self, path: bytes | None, buf: Any, fip: Any) -> int:
-        times = (
-            (_timespec_ns(buf.contents.actime), _timespec_ns(buf.contents.modtime)) if buf else None
-        )
-        return self.operations.utimens(self._decode(path), times, fip.contents.fh if fip else None)
+        times = None
+        if buf:
+            times = (_timespec_ns(buf.contents.actime), _timespec_ns(buf.contents.modtime))
+        return int(self.operations.utimens(self._decode(path), times, _fh(fip)))
+
+
+def _fh(fip: Any) -> int | None:
+    return int(fip.contents.fh) if fip else None
 
 
 # -- server ------------------------------------------------------------------------------------
@@ -738,6 +760,11 @@ class CrashStats:
 _MOUNTED: set[CrashFS] = set()
 
 
+def _fusermount(*args: str) -> int:
+    command = ["fusermount3", *args]
+    return subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode
+
+
 class CrashFS:
     """Client and lifecycle of one CrashFS server; also usable from a process that did not mount.
 
@@ -761,22 +788,23 @@ class CrashFS:
 
     def mount(self, timeout: float = 15.0) -> None:
         """Start the server in a child process and wait until it is mounted and answering."""
-        if os.path.ismount(self.mountpoint):
+        if self.is_mounted():
             raise RuntimeError(f"{self.mountpoint} is already a mount point")
         fd, log = tempfile.mkstemp(prefix="crashfs-", suffix=".log")
         self.log_path = Path(log)
-        command = [sys.executable, "-m", "tests.support.crashfs", str(self.mountpoint),
-                   "--capacity", str(self.capacity), "--die-with-parent"]  # fmt: skip
-        with os.fdopen(fd, "wb") as stderr:
-            self.process = subprocess.Popen(command, cwd=REPO_ROOT, stdin=subprocess.DEVNULL,
-                                            stdout=stderr, stderr=stderr)  # fmt: skip
+        command = [sys.executable, "-m", "tests.support.crashfs", str(self.mountpoint)]
+        command += ["--capacity", str(self.capacity), "--die-with-parent"]
+        with os.fdopen(fd, "wb") as log_file:
+            self.process = subprocess.Popen(
+                command, cwd=REPO_ROOT, stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file
+            )
         _MOUNTED.add(self)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 self.unmount()
                 raise RuntimeError(f"crashfs server exited: {self.server_log()}")
-            if os.path.ismount(self.mountpoint):
+            if self.is_mounted():
                 with contextlib.suppress(OSError):
                     self._request(op="ping")
                     return
@@ -788,12 +816,11 @@ class CrashFS:
         """Unmount (lazily if busy) and stop the server; safe to call more than once."""
         _MOUNTED.discard(self)
         process, self.process = self.process, None
-        if os.path.ismount(self.mountpoint):
-            quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
-            if subprocess.run(["fusermount3", "-u", str(self.mountpoint)], **quiet).returncode:
+        if self.is_mounted():
+            if _fusermount("-u", str(self.mountpoint)):
                 # Busy: detach it now. The server would serve the remaining open files until
                 # they are closed, so stop it (their users get ENOTCONN).
-                subprocess.run(["fusermount3", "-u", "-z", str(self.mountpoint)], **quiet)
+                _fusermount("-u", "-z", str(self.mountpoint))
                 if process is not None:
                     process.terminate()
         elif process is not None:
@@ -804,10 +831,20 @@ class CrashFS:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+            self.control_path.unlink(missing_ok=True)  # left behind if the server was killed
         if self.log_path is not None:
             self._log = self.server_log()
             self.log_path.unlink(missing_ok=True)
             self.log_path = None
+
+    def is_mounted(self) -> bool:
+        """Whether the mount table lists the mount point (os.path.ismount() stats the path,
+        which fails on the mount of a dead server, so it would miss exactly that leftover)."""
+        path = os.path.join(os.path.realpath(self.mountpoint.parent), self.mountpoint.name)
+        for char, escaped in (("\\", "\\134"), (" ", "\\040"), ("\t", "\\011"), ("\n", "\\012")):
+            path = path.replace(char, escaped)
+        with open("/proc/self/mounts") as mounts:
+            return any(line.split()[1] == path for line in mounts)
 
     def server_log(self) -> str:
         """The server's stderr (libfuse and mfusepy messages, tracebacks of FS bugs)."""

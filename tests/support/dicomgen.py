@@ -66,6 +66,7 @@ __all__ = [
     "make_ct_series",
     "make_multiframe",
     "make_tiny_objects",
+    "pixel_data_length",
     "pydicom_test_file_exclusions",
     "pydicom_test_files",
     "random_patient",
@@ -182,7 +183,8 @@ class _TorsoPhantom:
         v = (yy - (rows - 1) / 2) / (rows / 2)
 
         def ell(cu: float, cv: float, au: float, av: float) -> np.ndarray:
-            return ((u - cu) / au) ** 2 + ((v - cv) / av) ** 2
+            r2: np.ndarray = ((u - cu) / au) ** 2 + ((v - cv) / av) ** 2
+            return r2
 
         self.fov = (u * u + v * v) <= 1.0
         under = np.full((rows, cols), -1000.0, dtype=np.float32)
@@ -248,8 +250,8 @@ def _ct_stored(hu: np.ndarray, fov: np.ndarray) -> bytes:
 
 def _file_meta(sop_class: str, sop_instance: str) -> FileMetaDataset:
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = sop_class
-    meta.MediaStorageSOPInstanceUID = sop_instance
+    meta.MediaStorageSOPClassUID = UID(sop_class)
+    meta.MediaStorageSOPInstanceUID = UID(sop_instance)
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
     meta.ImplementationVersionName = _IMPLEMENTATION_VERSION
@@ -569,10 +571,7 @@ def _verify_streamed(path: Path, sop_instance: str, frames: int, offset: int, le
     header = pydicom.dcmread(path, stop_before_pixels=True)
     if header.SOPInstanceUID != sop_instance or int(header.NumberOfFrames) != frames:
         raise RuntimeError(f"{path}: header does not read back as written")
-    with open(path, "rb") as fh:
-        full = pydicom.dcmread(fh, defer_size=1024)
-        raw = full.get_item(0x7FE00010, keep_deferred=True)
-    if raw is None or raw.length != length:
+    if pixel_data_length(path) != length:
         raise RuntimeError(f"{path}: Pixel Data length is not {length}")
     if path.stat().st_size != offset + 12 + length:
         raise RuntimeError(f"{path}: file size does not match the Pixel Data length")
@@ -581,6 +580,22 @@ def _verify_streamed(path: Path, sop_instance: str, frames: int, offset: int, le
 # --------------------------------------------------------------------------------------------
 # pydicom's bundled test files
 # --------------------------------------------------------------------------------------------
+
+
+def pixel_data_length(path: Path) -> int | None:
+    """Declared length of the top-level Pixel Data, read without loading the pixels.
+
+    None if the file has no Pixel Data; 0xFFFFFFFF for encapsulated (undefined length) data.
+    """
+    with open(path, "rb") as fh:
+        ds = pydicom.dcmread(fh, defer_size=1024)
+        raw = ds.get_item(0x7FE00010, keep_deferred=True)
+    if raw is None:
+        return None
+    if isinstance(raw, RawDataElement):
+        return int(raw.length)
+    value = raw.value
+    return len(value) if isinstance(value, bytes) else None
 
 
 def _truncation(ds: Dataset) -> str | None:
