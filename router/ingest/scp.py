@@ -115,7 +115,16 @@ class IngestServer:
     # -- handlers (run in pynetdicom's threads: every exception is contained) ---------------
 
     def _new_sink(self, assoc: Any) -> IncomingObject:
-        incoming = self.spool.begin()
+        try:
+            incoming = self.spool.begin()
+        except Exception as exc:  # e.g. the day's folder cannot be created: refuse, do not crash
+            log.error("cannot start receiving an object: %s", exc)
+            incoming = IncomingObject(
+                self.spool.blob_root,
+                data_key=b"",
+                cipher=self.spool.cipher,
+                refused=StorageFault(f"cannot start receiving: {exc}"),
+            )
         with self._open_lock:
             self._open.setdefault(id(assoc), set()).add(incoming)
         return incoming
@@ -142,14 +151,15 @@ class IngestServer:
         if not isinstance(incoming, IncomingObject):
             log.error("C-STORE without a spooled data set; refusing")
             return STATUS_UNEXPECTED
+        # Claim the object first: from here on only this handler may remove its blob, even if
+        # the connection closes while it is being committed.
+        self._forget(event.assoc, incoming)
         try:
             return self._store(event, incoming)
         except Exception:
             log.exception("unexpected error while storing object %s", incoming.object_id)
             incoming.discard()
             return STATUS_UNEXPECTED
-        finally:
-            self._forget(event.assoc, incoming)
 
     def _store(self, event: evt.Event, incoming: IncomingObject) -> int:
         assoc = event.assoc

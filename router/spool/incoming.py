@@ -28,7 +28,7 @@ class IncomingObject:
         *,
         data_key: bytes,
         cipher: CipherName,
-        refused: StorageFull | None = None,
+        refused: StorageFull | StorageFault | None = None,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
     ) -> None:
         self.object_id = uuid.uuid4().hex

@@ -126,7 +126,14 @@ class Journal:
                     self._queue.put(None)
                     break
                 batch.append(more)
-            self._commit(batch)
+            try:
+                self._commit(batch)
+            except BaseException as exc:  # never leave a caller waiting on a dead committer
+                log.exception("journal committer failed")
+                fault = StorageFault(f"journal committer failed: {exc}")
+                for item in batch:
+                    if not item.future.done():
+                        item.future.set_exception(fault)
 
     def _commit(self, batch: list[_Item]) -> None:
         if self._failed is not None:
