@@ -29,7 +29,7 @@ deps:
 
 ## Start the router on the embedded default configuration (no file needed).
 run: $(STAMP)
-	$(VENV)/bin/waystation run --demo
+	$(VENV)/bin/waystation run
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check router tui appliance hardware tests bench

@@ -71,7 +71,7 @@ def cmd_spool_verify(args: argparse.Namespace) -> int:
     from router.spool.spool import Spool
     from router.spool.verify import verify
 
-    spool = Spool(_config(args.config).spool)
+    spool = Spool(_config(args.config).spool, create=False)
     try:
         report = verify(spool)
     finally:
@@ -90,7 +90,7 @@ def cmd_spool_export(args: argparse.Namespace) -> int:
     from router.spool.export import export
     from router.spool.spool import Spool
 
-    spool = Spool(_config(args.config).spool)
+    spool = Spool(_config(args.config).spool, create=False)
     try:
         report = export(spool, args.out, study_uid=args.study)
     finally:
@@ -108,8 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run the router")
-    run.add_argument("--config", type=Path, help="configuration file (default: embedded)")
-    run.add_argument("--demo", action="store_true", help="embedded demo configuration")
+    run.add_argument(
+        "--config", type=Path, help="configuration file (default: the embedded demo config)"
+    )
     run.set_defaults(func=cmd_run)
 
     config = sub.add_parser("config", help="configuration tools").add_subparsers(

@@ -30,6 +30,13 @@ class Router:
         self.recovery: RecoveryReport = recover(self.spool)
         for object_id, reason in self.recovery.quarantined:
             self.alarms.raise_("objects-quarantined", f"object {object_id}: {reason}")
+        if not self.recovery.journal_ok:
+            self.alarms.raise_("journal-damaged", "The journal failed its integrity check.")
+        if self.recovery.set_aside:
+            self.alarms.raise_(
+                "blobs-set-aside",
+                f"{self.recovery.set_aside} stored objects are not in the journal.",
+            )
         self._rules = [Rule(r.name, tuple(r.to), r.priority) for r in config.routes]
         self.ingest = IngestServer(
             config.ingest,

@@ -80,7 +80,9 @@ class SpoolConfig(_Strict):
     min_free: ByteSize = 1024**3
     key_file: Path | None = None
     cipher: Literal["auto", "aes-256-gcm", "chacha20-poly1305"] = "auto"
-    group_commit_window_ms: float = Field(default=2.0, ge=0, le=100)
+    # Objects whose encrypted size is at most this are held inside the journal, so one journal
+    # commit is their only fsync; larger ones become blob files (3 syncs, shared by a batch).
+    inline_limit: ByteSize = Field(default=1024 * 1024, ge=0, le=16 * 1024 * 1024)
 
     @property
     def resolved_key_file(self) -> Path:

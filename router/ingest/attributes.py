@@ -9,10 +9,11 @@ from typing import BinaryIO
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.filereader import _read_file_meta_info, read_dataset, read_preamble
-from pydicom.uid import DeflatedExplicitVRLittleEndian
+from pydicom.uid import AllTransferSyntaxes, DeflatedExplicitVRLittleEndian
 
 from router.core.objects import ObjectAttributes
 
+_KNOWN_SYNTAXES = frozenset(str(uid) for uid in AllTransferSyntaxes)
 # Large non-pixel values (encapsulated PDFs, waveforms) are skipped, not loaded.
 _DEFER = 64 * 1024
 # A deflated header never needs more than this once inflated; more is a bomb, refused.
@@ -33,7 +34,13 @@ _PHI_KEYWORDS = {
 
 
 class UnreadableObject(Exception):
-    """The received bytes are not a data set we can understand (answer 0xC2xx)."""
+    """The received bytes are not a data set we can understand (answer 0xC2xx).
+
+    ``kind`` is safe to log; the message may quote values from the object."""
+
+    def __init__(self, message: str, kind: str = "malformed data set") -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 def read_attributes(
@@ -45,8 +52,12 @@ def read_attributes(
     except UnreadableObject:
         raise
     except Exception as exc:  # pydicom raises many types on malformed input; contain them all
-        raise UnreadableObject(f"{type(exc).__name__}: {exc}") from None
+        raise UnreadableObject(f"{type(exc).__name__}: {exc}", type(exc).__name__) from None
     meta = dataset.file_meta
+    if str(meta.TransferSyntaxUID) not in _KNOWN_SYNTAXES:
+        # Unrestricted storage accepts whatever syntax is proposed; bytes in a syntax nobody
+        # can decode must not be acknowledged as if they could be delivered.
+        raise UnreadableObject("unknown transfer syntax", "unknown transfer syntax")
     sop_instance = str(dataset.get("SOPInstanceUID", "") or command_sop_instance)
     phi = {
         key: str(dataset.get(keyword, "") or "")
@@ -109,4 +120,6 @@ def _check_lengths(dataset: Dataset, end: int) -> None:
         tell = getattr(raw, "value_tell", None)
         length = getattr(raw, "length", 0)
         if tell is not None and length != 0xFFFFFFFF and tell + length > end:
-            raise UnreadableObject(f"element {raw.tag} runs past the end of the data set")
+            raise UnreadableObject(
+                f"element {raw.tag} runs past the end of the data set", "truncated element"
+            )

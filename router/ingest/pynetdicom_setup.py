@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import logging
 import threading
+import warnings
 from collections.abc import Callable
 from typing import Any
 
+from pydicom import config as pydicom_config
 from pynetdicom import _config, dimse_messages
 
 _installed = False
@@ -38,6 +40,11 @@ def configure() -> None:
         _config.LOG_RESPONSE_IDENTIFIERS = False
         _config.LOG_HANDLER_LEVEL = "none"
         logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+        # pydicom's validation warnings quote the offending values (e.g. a malformed birth
+        # date): never let them reach the log.
+        pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE
+        logging.getLogger("pydicom").setLevel(logging.ERROR)
+        warnings.filterwarnings("ignore", module=r"pydicom\.")
         _installed = True
 
 

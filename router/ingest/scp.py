@@ -15,6 +15,7 @@ import logging
 import socket
 import threading
 import time
+import traceback
 from collections.abc import Callable, Sequence
 from typing import Any, BinaryIO, cast
 
@@ -156,9 +157,17 @@ class IngestServer:
         self._forget(event.assoc, incoming)
         try:
             return self._store(event, incoming)
-        except Exception:
-            log.exception("unexpected error while storing object %s", incoming.object_id)
-            incoming.discard()
+        except Exception as exc:
+            # Exception text can quote patient data; log the kind and where it happened.
+            frame = traceback.extract_tb(exc.__traceback__)[-1]
+            log.error(
+                "unexpected %s at %s:%d while storing object %s; answered 0xC211",
+                type(exc).__name__,
+                frame.filename,
+                frame.lineno or 0,
+                incoming.object_id,
+            )
+            incoming.discard(keep_published=True)
             return STATUS_UNEXPECTED
 
     def _store(self, event: evt.Event, incoming: IncomingObject) -> int:
@@ -176,10 +185,11 @@ class IngestServer:
                     command_sop_instance=str(request.AffectedSOPInstanceUID),
                 )
         except UnreadableObject as exc:
+            # The parser's message can quote values from the object: log only its kind.
             log.warning(
                 "object from %s could not be decoded (%s); answered 0xC210",
                 assoc.requestor.ae_title,
-                exc,
+                exc.kind,
             )
             incoming.discard()
             return STATUS_CANNOT_UNDERSTAND

@@ -168,9 +168,14 @@ def ciphertext_size(plain_size: int, chunk_size: int) -> int:
 class BlobReader(io.RawIOBase):
     """A seekable, read-only plaintext view of a blob that authenticates every chunk it reads."""
 
-    def __init__(self, path: str | os.PathLike[str], *, data_key: bytes, object_id: bytes):
+    def __init__(
+        self, source: str | os.PathLike[str] | bytes, *, data_key: bytes, object_id: bytes
+    ) -> None:
+        """``source`` is a blob file's path, or a blob's bytes (objects held inline)."""
         super().__init__()
-        self._file = open(path, "rb")  # noqa: SIM115 - closed by close()
+        self._file: BinaryIO = (
+            io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb")  # noqa: SIM115
+        )
         try:
             header = BlobHeader.unpack(self._file.read(HEADER_SIZE))
             if header.object_id != object_id:
@@ -181,7 +186,7 @@ class BlobReader(io.RawIOBase):
                 _chunk_key(data_key, header.salt, _CIPHER_IDS[header.cipher]),
             )
             self._chunk_size = header.chunk_size
-            body = os.fstat(self._file.fileno()).st_size - HEADER_SIZE
+            body = self._file.seek(0, io.SEEK_END) - HEADER_SIZE
             stride = self._chunk_size + TAG_SIZE
             self._chunks = max(1, -(-body // stride))
             last = body - (self._chunks - 1) * stride - TAG_SIZE

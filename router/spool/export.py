@@ -39,7 +39,11 @@ def export(spool: Spool, out: Path, *, study_uid: str | None = None) -> ExportRe
     for held in spool.held_objects():
         if wanted is not None and held.study_tag != wanted:
             continue
-        meta = spool.metadata(held)
+        try:
+            meta = spool.metadata(held)
+        except IntegrityError as exc:
+            report.failed.append((held.id, f"metadata: {exc}"))
+            continue
         folder = out / safe_name(meta.get("study_instance_uid", ""), "unknown-study")
         folder.mkdir(parents=True, exist_ok=True)
         target = folder / f"{safe_name(meta.get('sop_instance_uid', ''), held.id)}.dcm"
@@ -53,7 +57,7 @@ def export(spool: Spool, out: Path, *, study_uid: str | None = None) -> ExportRe
                     f.write(chunk)
                 f.flush()
                 os.fsync(f.fileno())
-            if digest.digest() != held.sha256:
+            if spool.keyring.content_tag(digest.digest()) != held.sha256:
                 raise IntegrityError("SHA-256 differs from the one recorded at ingest")
             os.replace(temp, target)
             report.exported.append(target)

@@ -1,14 +1,20 @@
 """An object being received: a file-like sink that encrypts as bytes arrive.
 
 pynetdicom's chunked receive writes each incoming data set to a temporary file it opens itself;
-ingest hands it one of these instead (see router/ingest/tempfile_seam.py), so plaintext never
+ingest hands it one of these instead (see router/ingest/pynetdicom_setup.py), so plaintext never
 reaches storage. Write errors are captured, not raised: pynetdicom calls ``write`` from its
 network thread, where an exception would kill the association without an answer. The C-STORE
 handler reads ``error`` and answers 0xA700.
+
+Small objects stay in memory (already encrypted) and are held inline in the journal, so one
+journal commit is their only fsync. An object that grows past ``inline_limit`` spills to a
+``.part`` file and becomes a blob file.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import uuid
 from pathlib import Path
@@ -18,9 +24,45 @@ from router.errors import StorageFault, StorageFull
 from router.spool.crypto import DEFAULT_CHUNK_SIZE, BlobReader, BlobWriter, CipherName
 from router.spool.fsio import fsync_file
 
+DEFAULT_INLINE_LIMIT = 1024 * 1024
+
+
+class _SpillingOutput:
+    """Ciphertext goes to memory until it passes the limit, then to the ``.part`` file."""
+
+    def __init__(self, part_path: Path, limit: int) -> None:
+        self.part_path = part_path
+        self.limit = limit
+        self.memory: io.BytesIO | None = io.BytesIO()
+        self.file: BinaryIO | None = None
+
+    def write(self, data: bytes) -> int:
+        if self.memory is not None:
+            self.memory.write(data)
+            if self.memory.tell() <= self.limit:
+                return len(data)
+            fd = os.open(self.part_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            self.file = os.fdopen(fd, "wb", buffering=0)
+            _write_all(self.file, self.memory.getbuffer())
+            self.memory = None
+            return len(data)
+        assert self.file is not None
+        _write_all(self.file, data)
+        return len(data)
+
+
+def _write_all(file: BinaryIO, data: bytes | memoryview) -> None:
+    """Write every byte or raise: a short write (disk full, quota) must never go unnoticed."""
+    view = memoryview(data)
+    while view:
+        written = file.write(view)
+        if not written:
+            raise OSError(28, "no space left on device (short write)")
+        view = view[written:]
+
 
 class IncomingObject:
-    """The encrypted ``.part`` file of one object being received."""
+    """The encrypted content of one object being received."""
 
     def __init__(
         self,
@@ -30,6 +72,7 @@ class IncomingObject:
         cipher: CipherName,
         refused: StorageFull | StorageFault | None = None,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
+        inline_limit: int = DEFAULT_INLINE_LIMIT,
     ) -> None:
         self.object_id = uuid.uuid4().hex
         self.directory = directory
@@ -38,35 +81,36 @@ class IncomingObject:
         self.name = str(self.part_path)  # pynetdicom reads .name and unlinks it afterwards
         self.data_key = data_key
         self.chunk_size = chunk_size
-        self.error: StorageFault | StorageFull | None = refused
+        self.error: StorageFull | StorageFault | None = refused
         self.size = 0
         self.sha256 = b""
-        self._file: BinaryIO | None = None
+        self._out = _SpillingOutput(self.part_path, inline_limit)
         self._writer: BlobWriter | None = None
         if refused is None:
-            try:
-                fd = os.open(self.part_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-                self._file = os.fdopen(fd, "wb", buffering=0)
-                self._writer = BlobWriter(
-                    self._file,
-                    data_key=data_key,
-                    object_id=bytes.fromhex(self.object_id),
-                    cipher=cipher,
-                    chunk_size=chunk_size,
-                )
-            except OSError as exc:
-                self._fail(exc)
+            self._writer = BlobWriter(
+                self._out,  # type: ignore[arg-type]
+                data_key=data_key,
+                object_id=bytes.fromhex(self.object_id),
+                cipher=cipher,
+                chunk_size=chunk_size,
+            )
 
     @property
     def file(self) -> IncomingObject:
         """pynetdicom calls ``.file.flush()``; flushing is meaningless before the end."""
         return self
 
+    @property
+    def inline(self) -> bytes | None:
+        """The whole encrypted blob when the object stayed in memory, else None."""
+        memory = self._out.memory
+        return bytes(memory.getbuffer()) if memory is not None else None
+
     def flush(self) -> None:
         """No-op: durability is decided by ``make_durable``, not by pynetdicom."""
 
     def write(self, data: bytes) -> int:
-        """Encrypt and write ``data``; after an error, bytes are counted and dropped."""
+        """Encrypt and keep ``data``; after an error, bytes are counted and dropped."""
         if self._writer is not None and self.error is None:
             try:
                 self._writer.write(data)
@@ -85,22 +129,28 @@ class IncomingObject:
             raise self.error
 
     def reader(self) -> BlobReader:
-        """A plaintext view of what was written (call after ``finish``)."""
+        """A plaintext view of what was received (call after ``finish``)."""
+        inline = self.inline
         return BlobReader(
-            self.part_path, data_key=self.data_key, object_id=bytes.fromhex(self.object_id)
+            inline if inline is not None else self.part_path,
+            data_key=self.data_key,
+            object_id=bytes.fromhex(self.object_id),
         )
 
     def make_durable(self) -> None:
-        """fsync the blob, close it, and rename it to its final name in the same directory.
+        """For a blob file: fsync it, close it, and rename it to its final name.
 
         Why this order: the data must be durable before the name that publishes it; the
         rename itself becomes durable with the directory fsync the journal commit performs.
+        An inline object is made durable by the journal commit alone.
         """
-        if self._file is None:
+        file = self._out.file
+        if self._out.memory is not None:
+            return
+        if file is None:
             raise StorageFault("object was never opened for writing")
-        fsync_file(self._file.fileno())
-        self._file.close()
-        self._file = None
+        fsync_file(file.fileno())
+        self.close()
         try:
             os.rename(self.part_path, self.final_path)
         except OSError as exc:
@@ -108,20 +158,24 @@ class IncomingObject:
 
     def close(self) -> None:
         """Close the file (pynetdicom calls this after the handler). Idempotent."""
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        if self._out.file is not None:
+            self._out.file.close()
+            self._out.file = None
 
-    def discard(self) -> None:
-        """Remove whatever was written; used when the object is refused or not acknowledged."""
+    def discard(self, *, keep_published: bool = False) -> None:
+        """Remove whatever was written; used when the object is refused or not acknowledged.
+
+        ``keep_published`` keeps a blob already renamed into place: when a journal commit
+        reports failure it may still have reached the disk, and only recovery, reading the
+        journal at the next start, can tell whether the blob is referenced.
+        """
         self.close()
-        for path in (self.part_path, self.final_path):
-            try:
+        self._out.memory = None
+        paths = (self.part_path,) if keep_published else (self.part_path, self.final_path)
+        for path in paths:
+            # Not there, or recovery at the next start removes it.
+            with contextlib.suppress(OSError):
                 path.unlink()
-            except FileNotFoundError:
-                pass
-            except OSError:
-                pass  # recovery at the next start removes what is left
 
     def _fail(self, exc: OSError) -> None:
         if self.error is None:

@@ -19,12 +19,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from router.errors import StorageFault
+from router.errors import StorageFault, StorageFull
 from router.spool.fsio import fsync_dir
 from router.spool.schema import SCHEMA, SCHEMA_VERSION
 
 log = logging.getLogger("waystation.journal")
 
+_SQLITE_FULL = 13
 Transaction = Callable[[sqlite3.Connection], Any]
 
 
@@ -168,7 +169,11 @@ class Journal:
                         results.append((item, value, None))
                 self._conn.execute("COMMIT")
             except sqlite3.Error as exc:
-                fault = StorageFault(f"journal commit failed: {exc}")
+                fault: StorageFault | StorageFull = (
+                    StorageFull("storage is full (journal commit failed)")
+                    if getattr(exc, "sqlite_errorcode", None) == _SQLITE_FULL
+                    else StorageFault(f"journal commit failed: {exc}")
+                )
                 log.error("journal commit failed; nothing in this batch is acknowledged: %s", exc)
                 self._reset_after_failure()
                 for item in batch:

@@ -70,6 +70,12 @@ class Keyring:
         key = self._derived(b"lookup")
         return hmac.new(key, f"{kind}|{value}".encode(), hashlib.sha256).digest()[:16]
 
+    def content_tag(self, sha256: bytes) -> bytes:
+        """The stored form of an object's SHA-256: keyed, so that someone holding a copy of a
+        file cannot confirm from the journal alone that this unit holds it."""
+        key = self._derived(b"content")
+        return hmac.new(key, sha256, hashlib.sha256).digest()
+
     def seal_record(self, record_id: str, plaintext: bytes) -> bytes:
         """Encrypt metadata (patient name, IDs...) bound to ``record_id``."""
         return b"\x01" + seal(

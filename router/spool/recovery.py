@@ -3,7 +3,9 @@
 What a crash can leave, given the ordering in incoming.py and journal.py:
 - ``.part`` files: objects still being received; never acknowledged. Removed.
 - ``.blob`` files with no journal row: renamed, but the commit did not happen; never
-  acknowledged (the success status is sent only after the commit). Removed.
+  acknowledged (the success status is sent only after the commit). Removed - but only when
+  the journal is healthy and holds objects. A damaged, missing or replaced journal cannot
+  vouch for anything, so then they are moved to ``quarantine/`` and an alarm is raised.
 - journal rows whose blob is missing or the wrong length: should be impossible with honest
   storage; quarantined, raised as an alarm, never dropped silently.
 """
@@ -12,11 +14,14 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import sqlite3
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from router.spool.crypto import ciphertext_size
-from router.spool.fsio import fsync_dir
+from router.spool.fsio import fsync_dir, make_dirs
 from router.spool.spool import Spool
 
 log = logging.getLogger("waystation.recovery")
@@ -30,6 +35,7 @@ class RecoveryReport:
     unacknowledged_removed: int = 0
     quarantined: list[tuple[str, str]] = field(default_factory=list)
     inflight_requeued: int = 0
+    set_aside: int = 0
     journal_ok: bool = True
     seconds: float = 0.0
 
@@ -38,7 +44,8 @@ class RecoveryReport:
         return (
             f"recovery: journal {'ok' if self.journal_ok else 'DAMAGED'}, "
             f"{self.partials_removed} partial and {self.unacknowledged_removed} unacknowledged "
-            f"blobs removed, {len(self.quarantined)} objects quarantined, "
+            f"blobs removed, {self.set_aside} blobs set aside in quarantine/, "
+            f"{len(self.quarantined)} objects quarantined, "
             f"{self.inflight_requeued} deliveries re-queued ({self.seconds:.2f} s)"
         )
 
@@ -57,10 +64,12 @@ def recover(spool: Spool) -> RecoveryReport:
         row[0]: (row[1], row[2], row[3])
         for row in conn.execute(
             "SELECT blob, id, size, chunk_size FROM objects"
-            " WHERE state IN ('held', 'superseded', 'quarantined')"
+            " WHERE blob != '' AND state IN ('held', 'superseded', 'quarantined')"
         )
     }
-    touched = set()
+    journal_vouches = report.journal_ok and _journal_has_objects(conn)
+    touched: set[Path] = set()
+    kept: list[Path] = []
     for directory in sorted(p for p in spool.blob_root.iterdir() if p.is_dir()):
         for path in directory.iterdir():
             relative = str(path.relative_to(spool.root))
@@ -69,9 +78,15 @@ def recover(spool: Spool) -> RecoveryReport:
                 report.partials_removed += 1
                 touched.add(directory)
             elif path.suffix == ".blob" and relative not in known:
-                path.unlink()
-                report.unacknowledged_removed += 1
+                if journal_vouches:
+                    path.unlink()
+                    report.unacknowledged_removed += 1
+                else:
+                    kept.append(path)
                 touched.add(directory)
+    if kept:
+        _keep_aside(spool, kept)
+        report.set_aside = len(kept)
     for directory in touched:
         fsync_dir(directory)
 
@@ -97,11 +112,27 @@ def recover(spool: Spool) -> RecoveryReport:
     return report
 
 
-def _quarantine(spool: Spool, items: list[tuple[str, str]]) -> None:
-    def transaction(conn: object) -> None:
-        import sqlite3
+def _journal_has_objects(conn: sqlite3.Connection) -> bool:
+    return conn.execute("SELECT 1 FROM objects LIMIT 1").fetchone() is not None
 
-        assert isinstance(conn, sqlite3.Connection)
+
+def _keep_aside(spool: Spool, paths: list[Path]) -> None:
+    """Move blobs the journal cannot account for to quarantine/, keeping them for an expert."""
+    target = spool.root / "quarantine"
+    make_dirs(target)
+    for path in paths:
+        os.replace(path, target / path.name)
+    fsync_dir(target)
+    log.error("%d blobs the journal does not know were set aside in %s", len(paths), target)
+    _alarm(
+        spool,
+        "blobs-set-aside",
+        f"{len(paths)} stored objects are not in the journal; kept in {target}.",
+    )
+
+
+def _quarantine(spool: Spool, items: list[tuple[str, str]]) -> None:
+    def transaction(conn: sqlite3.Connection) -> None:
         now = time.time()
         for object_id, reason in items:
             state = conn.execute("SELECT state FROM objects WHERE id = ?", (object_id,))

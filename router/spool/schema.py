@@ -14,8 +14,8 @@ CREATE TABLE IF NOT EXISTS objects(
     transfer_syntax TEXT NOT NULL,
     modality        TEXT NOT NULL,
     size            INTEGER NOT NULL,
-    sha256          BLOB NOT NULL,
-    blob            TEXT NOT NULL,
+    sha256          BLOB NOT NULL,          -- keyed: HMAC(content key, SHA-256 of plaintext)
+    blob            TEXT NOT NULL,          -- blob file path, or '' when held inline
     chunk_size      INTEGER NOT NULL,
     key_id          TEXT NOT NULL,
     wrapped_key     BLOB,
@@ -30,6 +30,12 @@ CREATE TABLE IF NOT EXISTS objects(
 CREATE INDEX IF NOT EXISTS objects_sop ON objects(sop_tag, state);
 CREATE INDEX IF NOT EXISTS objects_study ON objects(study_tag);
 CREATE INDEX IF NOT EXISTS objects_state ON objects(state, received_at);
+-- Small objects' encrypted blobs (same format as blob files), held in the journal itself so
+-- that one WAL commit is their only fsync.
+CREATE TABLE IF NOT EXISTS inline_blobs(
+    object_id TEXT PRIMARY KEY REFERENCES objects(id),
+    data      BLOB NOT NULL
+);
 CREATE TABLE IF NOT EXISTS deliveries(
     object_id       TEXT NOT NULL REFERENCES objects(id),
     destination     TEXT NOT NULL,

@@ -5,6 +5,8 @@ Directory layout (see docs/spool-format.md)::
     <spool>/journal.sqlite (+ -wal, -shm)   the journal
     <spool>/blobs/YYYYMMDD/<id>.part         an object being received (never acknowledged)
     <spool>/blobs/YYYYMMDD/<id>.blob         a held object, encrypted
+
+Objects up to 1 MiB (encrypted) are held inline in the journal's ``inline_blobs`` table.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import Literal
 
 from router.config.model import SpoolConfig
 from router.core.objects import ObjectAttributes, PlannedDelivery, Source
-from router.errors import StorageFull
+from router.errors import IntegrityError, KeyStoreError, SpoolError, StorageFull
 from router.spool import keys
 from router.spool.crypto import BlobReader, choose_cipher
 from router.spool.fsio import free_bytes, make_dirs
@@ -65,14 +67,27 @@ _HELD_COLUMNS = "id, blob, size, sha256, key_id, wrapped_key, state, study_tag, 
 class Spool:
     """Encrypted, journaled, power-loss-safe storage of received objects."""
 
-    def __init__(self, config: SpoolConfig) -> None:
+    def __init__(self, config: SpoolConfig, *, create: bool = True) -> None:
+        """Open the spool at ``config.path``; ``create=False`` (the CLI's tools) refuses to
+        make a new, empty spool where none exists."""
         self.config = config
         self.root = config.path
         self.blob_root = self.root / "blobs"
+        journal_path = self.root / "journal.sqlite"
+        key_file = config.resolved_key_file
+        if not journal_path.exists() and not create:
+            raise SpoolError(f"no spool at {self.root} (is --config right?)")
+        if journal_path.exists() and not key_file.exists():
+            # Never mint a new key for a spool that already holds objects: they would become
+            # unreadable. Most often the key's device is not mounted.
+            raise KeyStoreError(
+                f"the spool at {self.root} exists but its key file {key_file} is missing; "
+                "mount or restore the key file (see docs/keys.md)"
+            )
         make_dirs(self.blob_root)
         self.cipher = choose_cipher(config.cipher)
-        self.keyring = keys.load_or_create(config.resolved_key_file, self.cipher)
-        self.journal = Journal(self.root / "journal.sqlite")
+        self.keyring = keys.load_or_create(key_file, self.cipher)
+        self.journal = Journal(journal_path)
         self._day_dirs: set[Path] = set()
         self._dir_lock = threading.Lock()
         self._local = threading.local()
@@ -87,7 +102,11 @@ class Spool:
         if self.free_bytes() < self.config.min_free:
             refused = StorageFull("spool free space is below min_free")
         return IncomingObject(
-            directory, data_key=os.urandom(32), cipher=self.cipher, refused=refused
+            directory,
+            data_key=os.urandom(32),
+            cipher=self.cipher,
+            refused=refused,
+            inline_limit=self.config.inline_limit,
         )
 
     def store(
@@ -106,10 +125,13 @@ class Spool:
             incoming.discard()
             raise StorageFull("spool free space is below min_free")
         try:
+            inline = incoming.inline
             incoming.make_durable()
             sop_tag = self.keyring.lookup_tag("sop", attributes.sop_instance_uid)
+            digest = self.keyring.content_tag(incoming.sha256)
             key_id, wrapped = self.keyring.wrap(incoming.data_key, incoming.object_id)
             meta = self._seal_meta(incoming.object_id, attributes)
+            blob = "" if inline is not None else str(incoming.final_path.relative_to(self.root))
 
             def transaction(conn: sqlite3.Connection) -> StoreResult:
                 return _record(
@@ -119,17 +141,22 @@ class Spool:
                     source=source,
                     deliveries=deliveries,
                     sop_tag=sop_tag,
+                    digest=digest,
+                    root=self.root,
                     study_tag=self.keyring.lookup_tag("study", attributes.study_instance_uid),
                     key_id=key_id,
                     wrapped=wrapped,
                     meta=meta,
-                    blob=str(incoming.final_path.relative_to(self.root)),
+                    blob=blob,
+                    inline=inline,
                 )
 
             # Why wait here: the C-STORE success may only be sent after this returns.
-            result: StoreResult = self.journal.run(transaction, dirs=[incoming.directory])
+            # A blob file's directory entry must be durable too; an inline object has none.
+            dirs = [incoming.directory] if inline is None else []
+            result: StoreResult = self.journal.run(transaction, dirs=dirs)
         except BaseException:
-            incoming.discard()
+            incoming.discard(keep_published=True)
             raise
         if result.outcome == "duplicate":
             incoming.discard()  # identical bytes are already held; keep the first copy
@@ -177,14 +204,20 @@ class Spool:
 
     def open_object(self, held: HeldObject) -> BlobReader:
         """A plaintext reader over a held object; every chunk is authenticated as read."""
-        from router.errors import IntegrityError
-
         if held.wrapped_key is None:
             raise IntegrityError(f"object {held.id} was deleted (its key is destroyed)")
         data_key = self.keyring.unwrap(held.key_id, held.wrapped_key, held.id)
-        return BlobReader(
-            self.root / held.blob, data_key=data_key, object_id=bytes.fromhex(held.id)
-        )
+        source: Path | bytes = self.root / held.blob
+        if not held.blob:
+            row = (
+                self.reader_connection()
+                .execute("SELECT data FROM inline_blobs WHERE object_id = ?", (held.id,))
+                .fetchone()
+            )
+            if row is None:
+                raise IntegrityError(f"object {held.id} has no inline blob in the journal")
+            source = bytes(row[0])
+        return BlobReader(source, data_key=data_key, object_id=bytes.fromhex(held.id))
 
     def metadata(self, held: HeldObject) -> dict[str, str]:
         """The sealed metadata of an object (patient data: never log it)."""
@@ -212,20 +245,25 @@ def _record(
     source: Source,
     deliveries: Sequence[PlannedDelivery],
     sop_tag: bytes,
+    digest: bytes,
+    root: Path,
     study_tag: bytes,
     key_id: str,
     wrapped: bytes,
     meta: bytes,
     blob: str,
+    inline: bytes | None,
 ) -> StoreResult:
     """The journal transaction of one received object (runs in the committer thread)."""
     now = time.time()
     object_id = incoming.object_id
     previous = conn.execute(
-        "SELECT id, sha256 FROM objects WHERE sop_tag = ? AND state = 'held'", (sop_tag,)
+        "SELECT id, sha256, blob FROM objects WHERE sop_tag = ? AND state = 'held'", (sop_tag,)
     ).fetchone()
     received = {"calling_ae": source.calling_ae, "peer": source.peer, "size": incoming.size}
-    if previous is not None and bytes(previous[1]) == incoming.sha256:
+    # A duplicate is only answered from the held copy if that copy is really there.
+    held_copy_present = previous is not None and (not previous[2] or (root / previous[2]).exists())
+    if previous is not None and held_copy_present and bytes(previous[1]) == digest:
         _history(conn, previous[0], now, "received-again", {**received, "identical": True})
         return StoreResult(previous[0], "duplicate", 0)
     outcome: Outcome = "stored"
@@ -251,7 +289,7 @@ def _record(
             attributes.transfer_syntax,
             attributes.modality,
             incoming.size,
-            incoming.sha256,
+            digest,
             blob,
             incoming.chunk_size,
             key_id,
@@ -264,7 +302,9 @@ def _record(
             previous[0] if previous is not None else None,
         ),
     )
-    _history(conn, object_id, now, "received", {**received, "sha256": incoming.sha256.hex()})
+    if inline is not None:
+        conn.execute("INSERT INTO inline_blobs(object_id, data) VALUES (?, ?)", (object_id, inline))
+    _history(conn, object_id, now, "received", received)
     if previous is not None:
         _history(conn, object_id, now, "replaces", {"object": previous[0]})
     for delivery in deliveries:

@@ -33,7 +33,7 @@ def check_object(spool: Spool, held: HeldObject) -> str | None:
             digest = hashlib.sha256()
             for index in reader.chunks():
                 digest.update(reader.chunk(index))
-        if digest.digest() != held.sha256:
+        if spool.keyring.content_tag(digest.digest()) != held.sha256:
             return "SHA-256 of the plaintext differs from the one recorded at ingest"
     except IntegrityError as exc:
         return str(exc)

@@ -69,4 +69,3 @@ def send(
         if assoc.is_established:
             assoc.release()
     return result
-
