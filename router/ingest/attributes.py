@@ -6,10 +6,10 @@ import io
 import zlib
 from typing import BinaryIO
 
-from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.filereader import _read_file_meta_info, read_dataset, read_preamble
-from pydicom.uid import AllTransferSyntaxes, DeflatedExplicitVRLittleEndian
+from pydicom.tag import BaseTag
+from pydicom.uid import UID, AllTransferSyntaxes, DeflatedExplicitVRLittleEndian
 
 from router.core.objects import ObjectAttributes
 
@@ -44,33 +44,37 @@ class UnreadableObject(Exception):
 
 
 def read_attributes(
-    stream: BinaryIO, *, command_sop_class: str, command_sop_instance: str
+    stream: BinaryIO,
+    *,
+    command_sop_class: str,
+    command_sop_instance: str,
+    wanted_keywords: frozenset[str] = frozenset(),
 ) -> ObjectAttributes:
-    """Parse the header of the Part 10 stream and return what routing and the console need."""
+    """Parse the header of the Part 10 stream and return what routing and the console need.
+
+    ``wanted_keywords`` are the attributes routing rules look at; only those are decoded."""
     try:
-        dataset = _read_header(stream)
+        # Buffered: pydicom reads element headers a few bytes at a time.
+        dataset = _read_header(io.BufferedReader(stream, 64 * 1024))  # type: ignore[type-var]
     except UnreadableObject:
         raise
     except Exception as exc:  # pydicom raises many types on malformed input; contain them all
         raise UnreadableObject(f"{type(exc).__name__}: {exc}", type(exc).__name__) from None
     meta = dataset.file_meta
-    if str(meta.TransferSyntaxUID) not in _KNOWN_SYNTAXES:
-        # Unrestricted storage accepts whatever syntax is proposed; bytes in a syntax nobody
-        # can decode must not be acknowledged as if they could be delivered.
-        raise UnreadableObject("unknown transfer syntax", "unknown transfer syntax")
     sop_instance = str(dataset.get("SOPInstanceUID", "") or command_sop_instance)
-    phi = {
-        key: str(dataset.get(keyword, "") or "")
-        for keyword, key in _PHI_KEYWORDS.items()
-        if keyword in dataset
-    }
+    phi: dict[str, str] = {}
+    for keyword, key in _PHI_KEYWORDS.items():
+        value = dataset.get(keyword)
+        if value is not None:
+            phi[key] = str(value)
     keywords: dict[str, str] = {}
-    for element in dataset:
-        if element.keyword and element.VR not in ("SQ", "OB", "OW", "OF", "OD", "OL", "UN"):
-            try:
-                keywords[element.keyword] = str(element.value)[:1024]
-            except Exception:  # an undecodable value must not fail the object
-                continue
+    for keyword in wanted_keywords:
+        try:
+            value = dataset.get(keyword)
+        except Exception:  # an undecodable value must not fail the object
+            continue
+        if value is not None:
+            keywords[keyword] = str(value)[:1024]
     return ObjectAttributes(
         sop_class_uid=str(meta.get("MediaStorageSOPClassUID", command_sop_class)),
         sop_instance_uid=sop_instance,
@@ -88,10 +92,21 @@ def _read_header(stream: BinaryIO) -> Dataset:
     stream.seek(0)
     read_preamble(stream, force=False)
     meta = _read_file_meta_info(stream)
-    if meta.get("TransferSyntaxUID") != DeflatedExplicitVRLittleEndian:
-        stream.seek(0)
-        parsed = dcmread(stream, stop_before_pixels=True, defer_size=_DEFER)
+    syntax = UID(str(meta.get("TransferSyntaxUID", "")))
+    if str(syntax) not in _KNOWN_SYNTAXES:
+        # Unrestricted storage accepts whatever syntax is proposed; bytes in a syntax nobody
+        # can decode must not be acknowledged as if they could be delivered.
+        raise UnreadableObject("unknown transfer syntax", "unknown transfer syntax")
+    if syntax != DeflatedExplicitVRLittleEndian:
+        parsed = read_dataset(
+            stream,
+            is_implicit_VR=syntax.is_implicit_VR,
+            is_little_endian=syntax.is_little_endian,
+            stop_when=_at_pixel_data,
+            defer_size=_DEFER,
+        )
         _check_lengths(parsed, end)
+        parsed.file_meta = meta
         return parsed
     # pydicom would inflate the whole remainder in memory: inflate a bounded prefix instead.
     inflater = zlib.decompressobj(-zlib.MAX_WBITS)
@@ -105,12 +120,16 @@ def _read_header(stream: BinaryIO) -> Dataset:
         io.BytesIO(bytes(inflated)),
         is_implicit_VR=False,
         is_little_endian=True,
-        stop_when=lambda tag, vr, length: tag.group >= 0x7FE0,
+        stop_when=_at_pixel_data,
         defer_size=_DEFER,
     )
     _check_lengths(dataset, len(inflated))
     dataset.file_meta = meta
     return dataset
+
+
+def _at_pixel_data(tag: BaseTag, vr: str | None, length: int) -> bool:
+    return tag.group >= 0x7FE0
 
 
 def _check_lengths(dataset: Dataset, end: int) -> None:

@@ -198,6 +198,7 @@ class BlobReader(io.RawIOBase):
             raise
         self._pos = 0
         self._cached: tuple[int, bytes] | None = None
+        self.name: str | None = None  # no path: readers must not reopen the plaintext by name
 
     def readable(self) -> bool:
         return True
