@@ -7,15 +7,13 @@ would make behaviour depend on import order.
 from __future__ import annotations
 
 import logging
-import os
 import threading
-import time
 import warnings
 from collections.abc import Callable
 from typing import Any
 
 from pydicom import config as pydicom_config
-from pynetdicom import _config, association, dimse_messages
+from pynetdicom import _config, dimse_messages
 
 _installed = False
 _lock = threading.Lock()
@@ -47,24 +45,7 @@ def configure() -> None:
         pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE
         logging.getLogger("pydicom").setLevel(logging.ERROR)
         warnings.filterwarnings("ignore", module=r"pydicom\.")
-        # The acceptor's reactor sleeps a fixed 1 ms before looking for each message, which
-        # caps small-object throughput; shorten that one sleep (measured in docs/benchmarks.md).
-        association.time = _ReactorClock()  # type: ignore[assignment,attr-defined]
         _installed = True
-
-
-REACTOR_POLL_SECONDS = float(os.environ.get("WS_RP", "0.0002"))
-
-
-class _ReactorClock:
-    """``time`` for pynetdicom's association module, with its 1 ms poll shortened."""
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(time, name)
-
-    @staticmethod
-    def sleep(seconds: float) -> None:
-        time.sleep(REACTOR_POLL_SECONDS if seconds == 0.001 else seconds)
 
 
 def register_sink_factory(ae: object, factory: SinkFactory) -> None:

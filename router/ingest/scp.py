@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import socket
 import threading
 import time
@@ -44,7 +43,7 @@ AlarmSink = Callable[[str, str], None]
 
 # pynetdicom's network thread polls every 1 ms by default; each hand-off between its threads
 # costs up to that. 0.2 ms roughly doubles small-object throughput for little idle CPU.
-_DUL_POLL_SECONDS = float(os.environ.get("WS_DP", "0.0002"))
+_DUL_POLL_SECONDS = 0.0002
 
 
 class IngestServer:
