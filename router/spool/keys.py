@@ -10,6 +10,7 @@ old KEKs stay to unwrap older data keys (re-wrapping only touches the journal, n
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import json
@@ -59,9 +60,7 @@ class Keyring:
             return open_sealed(other, kek, wrapped, ad)
 
     def _derived(self, purpose: bytes) -> bytes:
-        return HKDF(
-            algorithm=hashes.SHA256(), length=32, salt=None, info=b"waystation " + purpose
-        ).derive(self.index_secret)
+        return _derive(self.index_secret, purpose)
 
     def lookup_tag(self, kind: str, value: str) -> bytes:
         """A keyed tag for finding records by a sensitive value (e.g. a SOP Instance UID)
@@ -87,6 +86,14 @@ class Keyring:
         if not sealed.startswith(b"\x01"):
             raise IntegrityError("unknown record format")
         return open_sealed("aes-256-gcm", self._derived(b"records"), sealed[1:], record_id.encode())
+
+
+@functools.lru_cache(maxsize=32)
+def _derive(secret: bytes, purpose: bytes) -> bytes:
+    # Cached: these keys are used for every object, and HKDF is not free on a Pi.
+    return HKDF(
+        algorithm=hashes.SHA256(), length=32, salt=None, info=b"waystation " + purpose
+    ).derive(secret)
 
 
 def _b64(raw: bytes) -> str:
