@@ -10,6 +10,8 @@ from router.alarms import Alarms
 from router.config.model import Config
 from router.core.objects import ObjectAttributes, PlannedDelivery, Source
 from router.core.routing import Rule, plan
+from router.delivery.queue import DeliveryQueue
+from router.delivery.worker import DestinationWorker
 from router.ingest.scp import IngestServer
 from router.spool.recovery import RecoveryReport, recover
 from router.spool.spool import Spool
@@ -47,14 +49,23 @@ class Router:
         )
         self._stopping = threading.Event()
         self._health = threading.Thread(target=self._watch_health, name="health", daemon=True)
+        self.queue = DeliveryQueue(self.spool)
+        self.workers = {
+            destination.name: DestinationWorker(
+                destination, unit_ae=config.unit.ae_title, spool=self.spool, queue=self.queue
+            )
+            for destination in config.destinations
+        }
 
     def _plan(self, attributes: ObjectAttributes, source: Source) -> list[PlannedDelivery]:
         first = self.config.routing.mode == "first"
         return plan(self._rules, attributes, source, first_match=first)
 
     def start(self) -> None:
-        """Start receiving."""
+        """Start receiving and delivering."""
         self.ingest.start()
+        for worker in self.workers.values():
+            worker.start()
         self._health.start()
 
     def stop(self, grace: float = 30.0) -> None:
@@ -65,6 +76,8 @@ class Router:
         while self.ingest.ae.active_associations and time.monotonic() < deadline:
             time.sleep(0.1)
         self.ingest.stop()
+        for worker in self.workers.values():
+            worker.stop()
         self.spool.close()
 
     def _watch_health(self) -> None:

@@ -41,6 +41,7 @@ CREATE TABLE IF NOT EXISTS deliveries(
     destination     TEXT NOT NULL,
     rule            TEXT NOT NULL,
     priority        INTEGER NOT NULL,
+    send            TEXT NOT NULL DEFAULT 'object',  -- 'object' now, or 'study' when complete
     state           TEXT NOT NULL,
     attempts        INTEGER NOT NULL DEFAULT 0,
     next_attempt_at REAL NOT NULL DEFAULT 0,
@@ -51,6 +52,14 @@ CREATE TABLE IF NOT EXISTS deliveries(
 );
 CREATE INDEX IF NOT EXISTS deliveries_queue
     ON deliveries(destination, state, priority, next_attempt_at);
+CREATE TABLE IF NOT EXISTS destination_state(
+    name       TEXT PRIMARY KEY,
+    paused     INTEGER NOT NULL DEFAULT 0,
+    changed_by TEXT NOT NULL DEFAULT '',
+    reason     TEXT NOT NULL DEFAULT '',
+    changed_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS deliveries_object ON deliveries(object_id);
 CREATE TABLE IF NOT EXISTS history(
     seq       INTEGER PRIMARY KEY AUTOINCREMENT,
     object_id TEXT NOT NULL,

@@ -198,6 +198,15 @@ class Spool:
         for row in self.reader_connection().execute(query, tuple(states)):
             yield HeldObject(*row)
 
+    def get(self, object_id: str) -> HeldObject | None:
+        """One object's row, whatever its state."""
+        row = (
+            self.reader_connection()
+            .execute(f"SELECT {_HELD_COLUMNS} FROM objects WHERE id = ?", (object_id,))
+            .fetchone()
+        )
+        return HeldObject(*row) if row is not None else None
+
     def study_tag(self, study_instance_uid: str) -> bytes:
         """The lookup tag of a Study Instance UID."""
         return self.keyring.lookup_tag("study", study_instance_uid)

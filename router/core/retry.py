@@ -1,0 +1,131 @@
+"""What a delivery attempt's outcome means, and when to try again. Pure: no I/O.
+
+Every outcome is classified as delivered, transient (try again after a backoff) or permanent
+(wait for an operator), with a reason a clinic technician can read.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Literal
+
+from tenacity import RetryCallState, wait_random_exponential
+
+Verdict = Literal["delivered", "transient", "permanent"]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What happened when one object was offered to a destination.
+
+    ``kind`` is one of: "status" (the destination answered ``status``), "refused" (TCP
+    connection refused), "unreachable" (timeout or no route while connecting), "rejected"
+    (association rejected: ``result`` 1 permanent or 2 transient, ``reason`` code, ``source``),
+    "aborted" (association aborted or closed mid-transfer), "no-response" (no answer within
+    the timeout), "no-context" (the destination accepted no presentation context for the
+    object's SOP class and transfer syntax), "unreadable" (the held object cannot be read).
+    """
+
+    kind: str
+    status: int | None = None
+    result: int | None = None
+    source: int | None = None
+    reason: int | None = None
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class Classification:
+    """The verdict on an outcome and the reason in plain words."""
+
+    verdict: Verdict
+    reason: str
+    status: int | None = None
+
+
+# ACSE rejection reasons (PS3.8 Table 9-21) by (source, reason).
+_REJECTIONS = {
+    (1, 2): "does not accept the application context",
+    (1, 3): "does not know this unit's name {unit_ae}",
+    (1, 7): "does not know its own name {dest_ae} (the called AE title is wrong)",
+    (2, 1): "refused the connection: the DICOM protocol version is not supported",
+    (3, 1): "is too busy right now (too many connections)",
+    (3, 2): "refused the connection: local limit exceeded",
+}
+
+
+def classify(outcome: Outcome, *, destination: str, unit_ae: str, dest_ae: str) -> Classification:
+    """Classify ``outcome`` for ``destination``; reasons name the destination and what to do."""
+    name = destination
+    kind = outcome.kind
+    if kind == "status":
+        return _classify_status(int(outcome.status or 0), name)
+    if kind == "refused":
+        return Classification("transient", f"{name} is not accepting connections (refused).")
+    if kind == "unreachable":
+        return Classification("transient", f"{name} cannot be reached on the network.")
+    if kind == "aborted":
+        return Classification("transient", f"{name} broke off the transfer.")
+    if kind == "no-response":
+        return Classification("transient", f"{name} did not answer in time.")
+    if kind == "rejected":
+        text = _REJECTIONS.get((outcome.source or 0, outcome.reason or 0), "refused the connection")
+        text = text.format(unit_ae=unit_ae, dest_ae=dest_ae)
+        if outcome.result == 2:
+            return Classification("transient", f"{name} {text}.")
+        advice = " Call IT." if (outcome.source, outcome.reason) in ((1, 3), (1, 7)) else ""
+        return Classification("permanent", f"The {name} {text}.{advice}")
+    if kind == "no-context":
+        return Classification(
+            "permanent",
+            f"{name} does not accept this kind of image ({outcome.detail}). Call IT.",
+        )
+    if kind == "unreadable":
+        return Classification(
+            "permanent", f"The stored copy cannot be read ({outcome.detail}). Call support."
+        )
+    return Classification("transient", f"{name}: unexpected problem ({kind}).")
+
+
+def _classify_status(status: int, name: str) -> Classification:
+    if status == 0x0000:
+        return Classification("delivered", "delivered", status)
+    if status in (0xB000, 0xB006, 0xB007):
+        return Classification("delivered", f"delivered with warning 0x{status:04X}", status)
+    if 0xA700 <= status <= 0xA7FF:
+        return Classification("transient", f"{name} is out of storage space or busy.", status)
+    if status == 0x0122:
+        return Classification(
+            "permanent", f"{name} does not support this kind of image. Call IT.", status
+        )
+    if 0xA900 <= status <= 0xA9FF:
+        return Classification(
+            "permanent", f"{name} says the image does not match its type (0x{status:04X}).", status
+        )
+    if 0xC000 <= status <= 0xCFFF:
+        return Classification(
+            "permanent", f"{name} could not understand the image (0x{status:04X}).", status
+        )
+    return Classification("permanent", f"{name} refused the image (0x{status:04X}).", status)
+
+
+@dataclass(frozen=True)
+class BackoffPolicy:
+    """Jittered exponential backoff, capped: ``first`` seconds, doubling, at most ``cap``."""
+
+    first: float = 5.0
+    cap: float = 300.0
+
+    def delay(self, attempt: int, rng: random.Random | None = None) -> float:
+        """Seconds to wait before attempt ``attempt + 1`` (``attempt`` counts from 1).
+
+        Uses tenacity's "full jitter" exponential wait, floored at ``first``/2 so a busy
+        destination is never hammered."""
+        state = RetryCallState(retry_object=None, fn=None, args=(), kwargs={})  # type: ignore[arg-type]
+        state.attempt_number = max(1, attempt)
+        wait = wait_random_exponential(multiplier=self.first, max=self.cap)
+        if rng is not None:  # deterministic for tests
+            upper = min(self.cap, self.first * 2 ** (state.attempt_number - 1))
+            return max(self.first / 2, rng.uniform(0, upper))
+        return max(self.first / 2, float(wait(state)))

@@ -1,0 +1,1 @@
+"""Delivery: one isolated worker per destination, sending held objects until confirmed."""

@@ -1,0 +1,175 @@
+"""Sending held objects to a DICOM C-STORE destination, exactly as they were received.
+
+The stored plaintext is a Part 10 file; pynetdicom streams its data set from a decrypting
+reader (see pynetdicom_setup.register_stream), so nothing is decoded, re-encoded or written in
+plaintext. An association is kept open across objects and batches, and reopened when an
+object needs a presentation context the current association lacks.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import socket
+import time
+from dataclasses import dataclass
+from typing import Any, BinaryIO
+
+from pydicom.uid import UID
+from pynetdicom import AE
+
+from router.config.model import DimseDestination
+from router.core.retry import Outcome
+from router.errors import IntegrityError
+from router.ingest import pynetdicom_setup
+from router.spool.spool import HeldObject, Spool
+
+log = logging.getLogger("waystation.delivery")
+
+_MAX_CONTEXTS = 128
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """Connection and response timeouts; the response timeout grows with the object's size
+    so a slow link is not mistaken for a dead destination."""
+
+    connect: float = 15.0
+    response_base: float = 30.0
+    min_rate: float = 64 * 1024  # bytes per second a live link is assumed to manage at least
+
+    def response(self, size: int) -> float:
+        """Seconds to wait for the answer to an object of ``size`` bytes."""
+        return self.response_base + size / self.min_rate
+
+
+class DimseSender:
+    """A C-STORE SCU for one destination; not thread-safe (one per worker thread)."""
+
+    def __init__(
+        self,
+        destination: DimseDestination,
+        *,
+        unit_ae: str,
+        spool: Spool,
+        timeouts: Timeouts | None = None,
+    ) -> None:
+        pynetdicom_setup.configure()
+        self.destination = destination
+        self.unit_ae = unit_ae
+        self.spool = spool
+        self.timeouts = timeouts or Timeouts()
+        self._assoc: Any = None
+        self._contexts: set[tuple[str, str]] = set()
+        self._last_used = 0.0
+
+    def send(self, held: HeldObject, sop_class: str, syntax: str) -> Outcome:
+        """Offer one object; returns what happened. Never raises for network trouble."""
+        wanted = (sop_class, syntax)
+        if self._assoc is None or not self._assoc.is_established or wanted not in self._contexts:
+            outcome = self._associate({wanted})
+            if outcome is not None:
+                return outcome
+        if wanted not in self._accepted():
+            return Outcome("no-context", detail=f"{_name(sop_class)} as {_name(syntax)}")
+        try:
+            opener = self._opener(held)
+        except IntegrityError as exc:
+            return Outcome("unreadable", detail=str(exc))
+        path = pynetdicom_setup.register_stream(opener)
+        try:
+            self._assoc.dimse_timeout = self.timeouts.response(held.size)
+            status = self._assoc.send_c_store(path)
+        except (OSError, RuntimeError, ValueError, AttributeError) as exc:
+            log.warning("sending to %s failed: %s", self.destination.name, type(exc).__name__)
+            self.close()
+            return Outcome("aborted", detail=type(exc).__name__)
+        finally:
+            pynetdicom_setup.unregister_stream(path)
+        self._last_used = time.monotonic()
+        if status is not None and "Status" in status:
+            return Outcome("status", status=int(status.Status))
+        aborted = not self._assoc.is_established
+        self.close()
+        return Outcome("aborted" if aborted else "no-response")
+
+    def _opener(self, held: HeldObject) -> Any:
+        reader = self.spool.open_object(held)  # checks the key now: fail before associating
+        reader.close()
+
+        def open_stream() -> BinaryIO:
+            # Buffered: pynetdicom expects read(n) to return n bytes until the end.
+            return io.BufferedReader(self.spool.open_object(held), 1024 * 1024)
+
+        return open_stream
+
+    def _accepted(self) -> set[tuple[str, str]]:
+        return {
+            (str(cx.abstract_syntax), str(cx.transfer_syntax[0]))
+            for cx in self._assoc.accepted_contexts
+        }
+
+    def _associate(self, needed: set[tuple[str, str]]) -> Outcome | None:
+        self.close()
+        contexts = needed | self._contexts
+        if len(contexts) > _MAX_CONTEXTS:
+            contexts = needed
+        ae = AE(ae_title=self.unit_ae)
+        ae.acse_timeout = self.timeouts.connect
+        ae.network_timeout = self.timeouts.response_base
+        ae.connection_timeout = self.timeouts.connect
+        for sop_class, syntax in sorted(contexts):
+            ae.add_requested_context(sop_class, [syntax])
+        dest = self.destination
+        try:
+            assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title)
+        except (OSError, RuntimeError, ValueError) as exc:
+            return Outcome("unreachable", detail=type(exc).__name__)
+        if assoc.is_established:
+            # TCP_NODELAY is deliberately not set on this side: PERFORMANCE.md records
+            # pynetdicom senders stalling until the DIMSE timeout with it set.
+            self._assoc = assoc
+            self._contexts = contexts
+            return None
+        if assoc.is_rejected:
+            primitive: Any = assoc.acceptor.primitive
+            return Outcome(
+                "rejected",
+                result=int(primitive.result or 0),
+                source=int(primitive.result_source or 0),
+                reason=int(primitive.diagnostic or 0),
+            )
+        if assoc.is_aborted:
+            return Outcome("aborted")
+        return Outcome(_connection_failure(dest.host, dest.port))
+
+    def idle_for(self) -> float:
+        """Seconds since the association last carried an object."""
+        return time.monotonic() - self._last_used
+
+    def close(self) -> None:
+        """Release the association (abort if it does not release cleanly)."""
+        assoc, self._assoc = self._assoc, None
+        if assoc is not None and assoc.is_established:
+            try:
+                assoc.release()
+            except Exception:  # a broken association cannot be released politely
+                assoc.abort()
+
+
+def _connection_failure(host: str, port: int) -> str:
+    """Tell "refused" (nothing listening) from "unreachable" (no answer at all)."""
+    try:
+        with socket.create_connection((host, port), timeout=3):
+            return "aborted"
+    except ConnectionRefusedError:
+        return "refused"
+    except OSError:
+        return "unreachable"
+
+
+def _name(uid: str) -> str:
+    try:
+        return str(UID(uid).name) or uid
+    except Exception:
+        return uid

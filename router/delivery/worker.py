@@ -1,0 +1,209 @@
+"""One destination's delivery worker: isolated, so a down, slow or rejecting destination never
+delays another. Each worker runs in its own thread(s) with its own association."""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from dataclasses import dataclass, field
+
+from router.config.model import DimseDestination
+from router.core.retry import BackoffPolicy, Classification, Outcome, classify
+from router.delivery.dimse import DimseSender, Timeouts
+from router.delivery.queue import Claimed, DeliveryQueue
+from router.spool.spool import Spool
+
+log = logging.getLogger("waystation.delivery")
+
+# Outcomes that say the destination itself is unavailable (not this object): the rest of the
+# batch goes back to the queue and the whole destination backs off.
+_DESTINATION_DOWN = {"refused", "unreachable", "rejected", "aborted", "no-response"}
+_IDLE_RELEASE_SECONDS = 30.0
+_BATCH = 8
+_IDLE_POLL_SECONDS = 1.0
+
+
+@dataclass
+class DestinationStatus:
+    """What the console and health need to know about one destination, in plain words."""
+
+    name: str
+    state: str = "idle"  # idle | sending | waiting | paused | down | blocked
+    reason: str = ""
+    since: float = field(default_factory=time.time)
+    last_success_at: float | None = None
+    next_retry_at: float | None = None
+    delivered: int = 0
+    failed: int = 0
+
+
+class DestinationWorker:
+    """Delivers one destination's queue, most urgent first, until stopped."""
+
+    def __init__(
+        self,
+        destination: DimseDestination,
+        *,
+        unit_ae: str,
+        spool: Spool,
+        queue: DeliveryQueue,
+        policy: BackoffPolicy | None = None,
+        timeouts: Timeouts | None = None,
+        threads: int = 1,
+    ) -> None:
+        self.destination = destination
+        self.unit_ae = unit_ae
+        self.spool = spool
+        self.queue = queue
+        self.policy = policy or BackoffPolicy()
+        self.timeouts = timeouts or Timeouts()
+        self.status = DestinationStatus(destination.name)
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._down_until = 0.0
+        self._consecutive_failures = 0
+        self._random = random.Random()
+        self._threads = [
+            threading.Thread(target=self._run, name=f"deliver-{destination.name}-{i}", daemon=True)
+            for i in range(max(1, threads))
+        ]
+
+    def start(self) -> None:
+        """Start the worker thread(s)."""
+        for thread in self._threads:
+            thread.start()
+
+    def wake(self) -> None:
+        """New work arrived (or an operator acted): look at the queue now."""
+        with self._lock:
+            self._down_until = 0.0 if self.status.state == "paused" else self._down_until
+        self._wake.set()
+
+    def retry_now(self) -> None:
+        """Forget the destination's backoff and try at once."""
+        with self._lock:
+            self._down_until = 0.0
+        self._wake.set()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop after the object in flight (if any) has been answered."""
+        self._stop.set()
+        self._wake.set()
+        for thread in self._threads:
+            thread.join(timeout=timeout)
+
+    def _run(self) -> None:
+        sender = DimseSender(
+            self.destination, unit_ae=self.unit_ae, spool=self.spool, timeouts=self.timeouts
+        )
+        try:
+            while not self._stop.is_set():
+                try:
+                    self._step(sender)
+                except Exception:  # contained: a worker must never die
+                    log.exception("delivery worker for %s hit an error", self.destination.name)
+                    self._sleep(5.0)
+        finally:
+            sender.close()
+
+    def _step(self, sender: DimseSender) -> None:
+        name = self.destination.name
+        if self.queue.is_paused(name):
+            self._set("paused", "Paused by an operator.")
+            sender.close()
+            self._sleep(5.0)
+            return
+        wait = self._down_until - time.time()
+        if wait > 0:
+            self._sleep(wait)
+            return
+        batch = self.queue.claim(name, _BATCH)
+        if not batch:
+            if sender.idle_for() > _IDLE_RELEASE_SECONDS:
+                sender.close()
+            if self.status.state in ("sending", "paused"):
+                self._set("idle", "")
+            # New work is noticed within a second; a retry as soon as it is due.
+            due = self.queue.next_due(name)
+            self._sleep(min(_IDLE_POLL_SECONDS, max(0.05, due - time.time())) if due else 1.0)
+            return
+        self._set("sending", "")
+        for index, claimed in enumerate(batch):
+            if self._stop.is_set():
+                self.queue.release(name, batch[index:], time.time())
+                return
+            verdict, outcome = self._deliver(sender, claimed)
+            if verdict.verdict == "transient" and outcome.kind in _DESTINATION_DOWN:
+                self._destination_down(verdict, claimed, batch[index + 1 :])
+                return
+            self._consecutive_failures = 0
+            if verdict.verdict == "transient":
+                retry_at = time.time() + self.policy.delay(claimed.attempts, self._random)
+                self.queue.record(name, claimed, verdict, retry_at=retry_at)
+            else:
+                self.queue.record(name, claimed, verdict)
+                self._count(verdict)
+
+    def _deliver(self, sender: DimseSender, claimed: Claimed) -> tuple[Classification, Outcome]:
+        held = self.spool.get(claimed.object_id)
+        if held is None or held.state not in ("held", "superseded"):
+            outcome = Outcome("unreadable", detail="the object is no longer held")
+        else:
+            sop_class, syntax = self._context_of(held.id)
+            outcome = sender.send(held, sop_class, syntax)
+        verdict = classify(
+            outcome,
+            destination=self.destination.name,
+            unit_ae=self.unit_ae,
+            dest_ae=self.destination.ae_title,
+        )
+        return verdict, outcome
+
+    def _context_of(self, object_id: str) -> tuple[str, str]:
+        row = (
+            self.spool.reader_connection()
+            .execute(
+                "SELECT sop_class_uid, transfer_syntax FROM objects WHERE id = ?", (object_id,)
+            )
+            .fetchone()
+        )
+        return str(row[0]), str(row[1])
+
+    def _destination_down(
+        self, verdict: Classification, claimed: Claimed, rest: list[Claimed]
+    ) -> None:
+        self._consecutive_failures += 1
+        delay = self.policy.delay(self._consecutive_failures, self._random)
+        retry_at = time.time() + delay
+        with self._lock:
+            self._down_until = retry_at
+        self.queue.record(self.destination.name, claimed, verdict, retry_at=retry_at)
+        if rest:
+            self.queue.release(self.destination.name, rest, retry_at)
+        state = "blocked" if verdict.reason.endswith("Call IT.") else "down"
+        self._set(state, verdict.reason, next_retry_at=retry_at)
+        log.warning("%s: %s next try in %.0f s", self.destination.name, verdict.reason, delay)
+
+    def _count(self, verdict: Classification) -> None:
+        with self._lock:
+            if verdict.verdict == "delivered":
+                self.status.delivered += 1
+                self.status.last_success_at = time.time()
+            else:
+                self.status.failed += 1
+                self.status.reason = verdict.reason
+
+    def _set(self, state: str, reason: str, next_retry_at: float | None = None) -> None:
+        with self._lock:
+            if self.status.state != state:
+                self.status.since = time.time()
+            self.status.state = state
+            self.status.reason = reason
+            self.status.next_retry_at = next_retry_at
+
+    def _sleep(self, seconds: float) -> None:
+        self._wake.wait(timeout=max(0.0, seconds))
+        self._wake.clear()
