@@ -10,7 +10,7 @@ import random
 from dataclasses import dataclass
 from typing import Literal
 
-from tenacity import RetryCallState, wait_random_exponential
+from tenacity import RetryCallState, wait_exponential, wait_random_exponential
 
 Verdict = Literal["delivered", "transient", "permanent"]
 
@@ -120,12 +120,16 @@ class BackoffPolicy:
     def delay(self, attempt: int, rng: random.Random | None = None) -> float:
         """Seconds to wait before attempt ``attempt + 1`` (``attempt`` counts from 1).
 
-        Uses tenacity's "full jitter" exponential wait, floored at ``first``/2 so a busy
-        destination is never hammered."""
+        "Equal jitter": half of the exponential step is fixed, half random (tenacity's
+        exponential wait plus its random exponential wait), so retries from many units
+        spread out yet never come back sooner than half the step."""
+        step = float(min(self.cap, self.first * 2.0 ** (max(1, attempt) - 1)))
+        if rng is not None:  # deterministic for tests
+            return step / 2 + rng.uniform(0, step / 2)
         state = RetryCallState(retry_object=None, fn=None, args=(), kwargs={})  # type: ignore[arg-type]
         state.attempt_number = max(1, attempt)
-        wait = wait_random_exponential(multiplier=self.first, max=self.cap)
-        if rng is not None:  # deterministic for tests
-            upper = min(self.cap, self.first * 2 ** (state.attempt_number - 1))
-            return max(self.first / 2, rng.uniform(0, upper))
-        return max(self.first / 2, float(wait(state)))
+        half = self.first / 2
+        wait = wait_exponential(multiplier=half, max=self.cap / 2) + wait_random_exponential(
+            multiplier=half, max=self.cap / 2
+        )
+        return float(wait(state))
