@@ -8,6 +8,7 @@ import logging
 import signal
 import sys
 import threading
+from datetime import datetime
 from pathlib import Path
 
 from router import __version__
@@ -101,6 +102,74 @@ def cmd_spool_export(args: argparse.Namespace) -> int:
     return EXIT_OK if not report.failed else EXIT_ERROR
 
 
+def _local_time(text: str) -> datetime:
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f'{text!r} is not a local date and time such as "2026-11-27 14:00"'
+        ) from None
+
+
+def cmd_route_test(args: argparse.Namespace) -> int:
+    """Dry-run the routing rules on files: which rules match, and where each file would go.
+
+    Prints only file names, modality and SOP class: never patient names or IDs."""
+    from router.config.dicom_names import sop_class_name
+    from router.config.rules import build_rules
+    from router.core.objects import Source
+    from router.core.routing import explain, plan, wanted_keywords
+    from router.ingest.attributes import UnreadableObject, read_attributes
+
+    config = load_config(args.config)
+    rules = build_rules(config.routes)
+    first = config.routing.mode == "first"
+    now: datetime = args.at or datetime.now()
+    source = Source(args.calling_ae, args.called_ae or config.unit.ae_title, "dry-run")
+    how = "only the first matching route applies" if first else "every matching route applies"
+    print(
+        f"{len(rules)} routes, mode {config.routing.mode} ({how}); at {now:%a %Y-%m-%d %H:%M}; "
+        f"calling AE {source.calling_ae}, called AE {source.called_ae}"
+    )
+    unreadable: list[tuple[str, str]] = []
+    for path in args.files:
+        try:
+            with open(path, "rb") as stream:
+                attributes = read_attributes(
+                    stream,
+                    command_sop_class="",
+                    command_sop_instance="",
+                    wanted_keywords=wanted_keywords(rules),
+                )
+        except OSError as exc:
+            unreadable.append((str(path), exc.strerror or type(exc).__name__))
+            continue
+        except UnreadableObject as exc:  # its message may quote values: print only the kind
+            unreadable.append((str(path), f"not a readable DICOM file ({exc.kind})"))
+            continue
+        sop_class = sop_class_name(attributes.sop_class_uid)
+        print(f"\n{path}: modality {attributes.modality or '(none)'}, {sop_class}")
+        for decision in explain(rules, attributes, source, now=now, first_match=first):
+            if decision.applied:
+                print(f"  rule {decision.rule}: matched")
+            elif decision.matched:
+                print(f"  rule {decision.rule}: matched, not applied (an earlier rule matched)")
+            else:
+                print(f"  rule {decision.rule}: no: {'; '.join(decision.reasons)}")
+        deliveries = plan(rules, attributes, source, first_match=first, now=now)
+        for d in deliveries:
+            print(f"  -> {d.destination}: {d.priority}, send per {d.send} (rule {d.rule})")
+        if not deliveries:
+            print("  UNROUTED: no rule matched")
+    if unreadable:
+        count = f"{len(unreadable)} file" + ("s" if len(unreadable) > 1 else "")
+        print(f"\n{count} could not be read:")
+        for path_text, reason in unreadable:
+            print(f"  UNREADABLE {path_text}: {reason}")
+        return EXIT_ERROR
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand."""
     parser = argparse.ArgumentParser(prog="waystation", description="Waystation DICOM router")
@@ -131,6 +200,23 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--out", type=Path, required=True)
     export.add_argument("--study", help="only this Study Instance UID")
     export.set_defaults(func=cmd_spool_export)
+
+    route = sub.add_parser("route", help="routing tools").add_subparsers(
+        dest="route_command", required=True
+    )
+    route_test = route.add_parser(
+        "test", help="show which rules send each file where (dry-run: nothing is sent)"
+    )
+    route_test.add_argument("--config", type=Path, required=True)
+    route_test.add_argument(
+        "--calling-ae", default="MODALITY", help="the sender's AE title (default: MODALITY)"
+    )
+    route_test.add_argument("--called-ae", help="the AE title called (default: the unit's)")
+    route_test.add_argument(
+        "--at", type=_local_time, help='local time to route at, e.g. "2026-11-27 14:00"'
+    )
+    route_test.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    route_test.set_defaults(func=cmd_route_test)
     return parser
 
 

@@ -5,11 +5,15 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from datetime import datetime
 
 from router.alarms import Alarms
 from router.config.model import Config
+from router.config.rules import build_rules
 from router.core.objects import ObjectAttributes, PlannedDelivery, Source
-from router.core.routing import Rule, plan
+from router.core.retry import BackoffPolicy
+from router.core.routing import plan, wanted_keywords
+from router.delivery.dimse import Timeouts
 from router.delivery.queue import DeliveryQueue
 from router.delivery.worker import DestinationWorker
 from router.ingest.scp import IngestServer
@@ -39,27 +43,42 @@ class Router:
                 "blobs-set-aside",
                 f"{self.recovery.set_aside} stored objects are not in the journal.",
             )
-        self._rules = [Rule(r.name, tuple(r.to), r.priority) for r in config.routes]
+        self._rules = build_rules(config.routes)
         self.ingest = IngestServer(
             config.ingest,
             ae_title=config.unit.ae_title,
             spool=self.spool,
             planner=self._plan,
             alarm=self.alarms.raise_,
+            wanted_keywords=wanted_keywords(self._rules),
         )
         self._stopping = threading.Event()
         self._health = threading.Thread(target=self._watch_health, name="health", daemon=True)
-        self.queue = DeliveryQueue(self.spool)
+        self.queue = DeliveryQueue(
+            self.spool, study_quiet_seconds=config.routing.study_quiet_period
+        )
+        delivery = config.delivery
+        policy = BackoffPolicy(first=delivery.retry_first, cap=delivery.retry_max)
+        timeouts = Timeouts(
+            connect=delivery.connect_timeout, response_base=delivery.response_timeout
+        )
         self.workers = {
             destination.name: DestinationWorker(
-                destination, unit_ae=config.unit.ae_title, spool=self.spool, queue=self.queue
+                destination,
+                unit_ae=config.unit.ae_title,
+                spool=self.spool,
+                queue=self.queue,
+                policy=policy,
+                timeouts=timeouts,
+                threads=destination.associations,
             )
             for destination in config.destinations
         }
 
     def _plan(self, attributes: ObjectAttributes, source: Source) -> list[PlannedDelivery]:
         first = self.config.routing.mode == "first"
-        return plan(self._rules, attributes, source, first_match=first)
+        # Time windows are in the unit's local time, as people at the site read the clock.
+        return plan(self._rules, attributes, source, first_match=first, now=datetime.now())
 
     def start(self) -> None:
         """Start receiving and delivering."""

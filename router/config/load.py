@@ -97,7 +97,8 @@ def _cross_reference_problems(config: Config) -> list[tuple[Loc, str]]:
 
 
 def _describe(source: str, lines: dict[Loc, int], error: Any) -> str:
-    loc: Loc = tuple(error["loc"])
+    # "[key]" marks an error in a table's key (an attribute keyword): report the key itself.
+    loc: Loc = tuple(part for part in error["loc"] if part != "[key]")
     kind = error["type"]
     if kind == "extra_forbidden":
         key = str(loc[-1])
@@ -132,14 +133,17 @@ def _dotted(loc: Loc) -> str:
 def _fields_at(loc: Loc) -> list[str]:
     """The keys allowed at ``loc``, found by walking the model's annotations."""
     model: Any = Config
+    in_table = False  # the next part is a key of a table of models (when.attributes.X)
     for part in loc:
-        if isinstance(part, int):
+        if isinstance(part, int) or in_table:
+            in_table = False
             continue
         if not (isinstance(model, type) and issubclass(model, BaseModel)):
             return []
         field = model.model_fields.get(str(part))
         if field is None:
             return []
+        in_table = typing.get_origin(field.annotation) is dict
         model = _innermost_model(field.annotation)
     if isinstance(model, type) and issubclass(model, BaseModel):
         return sorted(model.model_fields)
@@ -150,7 +154,7 @@ def _innermost_model(annotation: Any) -> Any:
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return annotation
     origin = typing.get_origin(annotation)
-    if origin in (list, typing.Union, types.UnionType, typing.Annotated):
+    if origin in (list, dict, typing.Union, types.UnionType, typing.Annotated):
         for arg in typing.get_args(annotation):
             found = _innermost_model(arg)
             if found is not None:

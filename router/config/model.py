@@ -9,9 +9,18 @@ import re
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
-from router.config.units import parse_size
+from router.config.dicom_names import check_keyword, check_modality, resolve_sop_class
+from router.config.units import parse_duration, parse_hours, parse_size
 
 _AE_ALLOWED = re.compile(r"^[\x20-\x5b\x5d-\x7e]+$")  # default character repertoire, no "\"
 
@@ -97,9 +106,19 @@ class LoggingConfig(_Strict):
 
 
 class RoutingConfig(_Strict):
-    """How the routes combine: every matching route applies, or only the first."""
+    """How the routes combine (every matching route applies, or only the first) and when a
+    study counts as complete for routes with ``send = "study"``."""
 
     mode: Literal["all", "first"] = "all"
+    # Seconds without a new object of a study before the study is complete.
+    study_quiet_period: Annotated[float, BeforeValidator(parse_duration)] = 300.0
+
+    @field_validator("study_quiet_period")
+    @classmethod
+    def _quiet_period(cls, value: float) -> float:
+        if not 1 <= value <= 7 * 86400:
+            raise ValueError('the quiet period must be between "1 s" and "7 d"')
+        return value
 
 
 class DimseDestination(_Strict):
@@ -110,9 +129,118 @@ class DimseDestination(_Strict):
     ae_title: AETitle
     host: str = Field(min_length=1)
     port: int = Field(ge=1, le=65535)
+    # Concurrent associations to this destination (each sends the queue in priority order).
+    associations: int = Field(default=1, ge=1, le=8)
+
+
+Seconds = Annotated[float, BeforeValidator(parse_duration)]
+
+
+class DeliveryConfig(_Strict):
+    """Retry timing for every destination: jittered exponential backoff, capped."""
+
+    retry_first: Seconds = Field(default=5.0, ge=0.1, le=3600)
+    retry_max: Seconds = Field(default=300.0, ge=1, le=86_400)
+    # The answer to an object may take this long plus its size at 64 KiB/s.
+    response_timeout: Seconds = Field(default=30.0, ge=1, le=3600)
+    connect_timeout: Seconds = Field(default=15.0, ge=1, le=600)
 
 
 Priority = Literal["stat", "urgent", "routine", "bulk"]
+
+
+def _as_list(value: object) -> object:
+    """A single value stands for a list of one ("CT" is ["CT"])."""
+    return [value] if isinstance(value, str) else value
+
+
+def _as_text(value: object) -> object:
+    """Numbers compare as the text DICOM holds (``1`` is "1"); true/false stay errors."""
+    return str(value) if isinstance(value, int | float) and not isinstance(value, bool) else value
+
+
+def _not_empty(value: str) -> str:
+    if not value:
+        raise ValueError(
+            "an empty value never matches: an absent or empty attribute is matched by "
+            "{ present = false }"
+        )
+    return value
+
+
+def _check_regex(value: str) -> str:
+    try:
+        re.compile(value)
+    except re.error as exc:
+        raise ValueError(f"{value!r} is not a valid regular expression: {exc}") from None
+    return value
+
+
+def _check_hours(value: str) -> str:
+    parse_hours(value)
+    return value.replace(" ", "")
+
+
+def _day(value: object) -> object:
+    return value.strip().lower() if isinstance(value, str) else value
+
+
+Text = Annotated[str, BeforeValidator(_as_text), AfterValidator(_not_empty)]
+DicomKeyword = Annotated[str, AfterValidator(check_keyword)]
+DayName = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+# A string or a non-empty list of strings (one of them).
+AETitles = Annotated[list[AETitle], BeforeValidator(_as_list), Field(min_length=1)]
+Modalities = Annotated[
+    list[Annotated[str, AfterValidator(check_modality)]],
+    BeforeValidator(_as_list),
+    Field(min_length=1),
+]
+SopClasses = Annotated[
+    list[Annotated[str, AfterValidator(resolve_sop_class)]],
+    BeforeValidator(_as_list),
+    Field(min_length=1),
+]
+Days = Annotated[
+    list[Annotated[DayName, BeforeValidator(_day)]], BeforeValidator(_as_list), Field(min_length=1)
+]
+
+
+class AttributeCondition(_Strict):
+    """One test on an attribute, e.g. ``{ equals = "HEAD" }``: exactly one of equals, one_of,
+    regex (Python ``re.search``: matches anywhere unless anchored) or present."""
+
+    equals: Text | None = None
+    one_of: list[Text] | None = Field(default=None, min_length=1)
+    regex: Annotated[str, AfterValidator(_check_regex)] | None = None
+    present: bool | None = None
+    ignore_case: bool = False
+
+    @model_validator(mode="after")
+    def _one_test(self) -> AttributeCondition:
+        tests = [
+            k for k in ("equals", "one_of", "regex", "present") if getattr(self, k) is not None
+        ]
+        if len(tests) != 1:
+            found = ", ".join(tests) or "none"
+            raise ValueError(
+                f"give exactly one of equals, one_of, regex or present (found: {found})"
+            )
+        if self.ignore_case and self.present is not None:
+            raise ValueError("ignore_case applies to equals, one_of and regex, not to present")
+        return self
+
+
+class When(_Strict):
+    """A route's conditions; all that are given must hold. A list means "one of"."""
+
+    calling_ae: AETitles | None = None
+    called_ae: AETitles | None = None
+    modality: Modalities | None = None
+    sop_class: SopClasses | None = None
+    attributes: dict[DicomKeyword, AttributeCondition] = Field(default_factory=dict)
+    # Local time of the unit; "22:00-06:00" wraps past midnight and belongs to its start day.
+    hours: Annotated[str, AfterValidator(_check_hours)] | None = None
+    days: Days | None = None
 
 
 class Route(_Strict):
@@ -121,6 +249,9 @@ class Route(_Strict):
     name: str = Field(min_length=1, max_length=64)
     to: list[str] = Field(min_length=1)
     priority: Priority = "routine"
+    # "object": deliver each object as it arrives; "study": once its study is complete.
+    send: Literal["object", "study"] = "object"
+    when: When = Field(default_factory=When)
 
 
 class Config(_Strict):
@@ -131,6 +262,7 @@ class Config(_Strict):
     spool: SpoolConfig = Field(default_factory=SpoolConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     routing: RoutingConfig = Field(default_factory=RoutingConfig)
+    delivery: DeliveryConfig = Field(default_factory=DeliveryConfig)
     destinations: list[DimseDestination] = Field(default_factory=list)
     routes: list[Route] = Field(default_factory=list)
 

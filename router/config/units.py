@@ -1,4 +1,5 @@
-"""Parsing of human-friendly byte sizes ("1 GiB", "500 MB") used by the configuration."""
+"""Parsing of human-friendly values used by the configuration: byte sizes ("1 GiB", "500 MB"),
+durations ("90 s", "5 min") and daily time windows ("08:00-17:00")."""
 
 from __future__ import annotations
 
@@ -47,3 +48,72 @@ def format_size(n: int) -> str:
             return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
         size /= 1024
     raise AssertionError("unreachable")
+
+
+_DURATION_UNITS = {
+    "": 1.0,
+    "s": 1.0,
+    "sec": 1.0,
+    "second": 1.0,
+    "seconds": 1.0,
+    "min": 60.0,
+    "minute": 60.0,
+    "minutes": 60.0,
+    "h": 3600.0,
+    "hour": 3600.0,
+    "hours": 3600.0,
+    "d": 86400.0,
+    "day": 86400.0,
+    "days": 86400.0,
+}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
+
+
+def parse_duration(value: str | int | float) -> float:
+    """Return the number of seconds in ``value``: a number of seconds or a string such as
+    "90 s", "5 min", "2 h" or "1 day".
+
+    Raises ValueError with a message that names the accepted units.
+    """
+    if isinstance(value, bool):
+        raise ValueError('expected a duration such as "5 min", not true/false')
+    if isinstance(value, int | float):
+        if value < 0:
+            raise ValueError("a duration cannot be negative")
+        return float(value)
+    match = _DURATION.match(value)
+    if not match or match.group(2).lower() not in _DURATION_UNITS:
+        raise ValueError(
+            f'{value!r} is not a duration; write a number and a unit, e.g. "90 s", "5 min" or '
+            '"2 h" (units: s, min, h, d)'
+        )
+    return float(match.group(1)) * _DURATION_UNITS[match.group(2).lower()]
+
+
+_CLOCK = re.compile(r"^([01]?\d|2[0-3]):([0-5]\d)$")
+
+
+def parse_hours(value: str) -> tuple[int, int]:
+    """Return a daily time window "HH:MM-HH:MM" as (start, end) minutes after midnight.
+
+    The start is included and the end is not; an end before the start wraps past midnight
+    ("22:00-06:00"). "24:00" is accepted as an end. Raises ValueError explaining the format.
+    """
+    start_text, sep, end_text = value.partition("-")
+    start = _minutes(start_text.strip())
+    end = 24 * 60 if end_text.strip() == "24:00" else _minutes(end_text.strip())
+    if not sep or start is None or end is None:
+        raise ValueError(
+            f'{value!r} is not a time window; write "HH:MM-HH:MM" in 24-hour local time, '
+            'e.g. "08:00-17:00" or "22:00-06:00" (wraps past midnight)'
+        )
+    if start == end % (24 * 60):
+        raise ValueError(
+            f"{value!r} starts and ends at the same time; to match all day, leave hours out"
+        )
+    return start, end
+
+
+def _minutes(text: str) -> int | None:
+    match = _CLOCK.match(text)
+    return int(match.group(1)) * 60 + int(match.group(2)) if match else None

@@ -7,6 +7,8 @@ from typing import Literal
 
 PriorityName = Literal["stat", "urgent", "routine", "bulk"]
 PRIORITIES: dict[PriorityName, int] = {"stat": 0, "urgent": 1, "routine": 2, "bulk": 3}
+# "object": deliver each object as it arrives; "study": once its study is complete (quiet).
+SendMode = Literal["object", "study"]
 
 
 @dataclass(frozen=True)
@@ -38,11 +40,13 @@ class ObjectAttributes:
 
 @dataclass(frozen=True)
 class PlannedDelivery:
-    """One destination an object must reach, the rule that sent it there, and its priority."""
+    """One destination an object must reach, the rule that sent it there, its priority, and
+    whether it goes as soon as it arrives or once its study is complete."""
 
     destination: str
     rule: str
     priority: PriorityName = "routine"
+    send: SendMode = "object"
 
     @property
     def priority_rank(self) -> int:

@@ -139,8 +139,7 @@ class DimseSender:
                 source=int(primitive.result_source or 0),
                 reason=int(primitive.diagnostic or 0),
             )
-        if assoc.is_aborted:
-            return Outcome("aborted")
+        # pynetdicom reports a failed TCP connect as "aborted" too: ask the network which.
         return Outcome(_connection_failure(dest.host, dest.port))
 
     def idle_for(self) -> float:
@@ -161,7 +160,7 @@ def _connection_failure(host: str, port: int) -> str:
     """Tell "refused" (nothing listening) from "unreachable" (no answer at all)."""
     try:
         with socket.create_connection((host, port), timeout=3):
-            return "aborted"
+            return "unreachable"  # it listens, yet the association failed: treat as down
     except ConnectionRefusedError:
         return "refused"
     except OSError:

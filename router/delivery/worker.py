@@ -18,8 +18,10 @@ from router.spool.spool import Spool
 log = logging.getLogger("waystation.delivery")
 
 # Outcomes that say the destination itself is unavailable (not this object): the rest of the
-# batch goes back to the queue and the whole destination backs off.
-_DESTINATION_DOWN = {"refused", "unreachable", "rejected", "aborted", "no-response"}
+# batch goes back to the queue and the whole destination backs off. A timeout or an abort
+# while one object is being sent is that object's problem first: it waits for its own retry
+# and the others go on, so one object the destination chokes on never blocks the queue.
+_DESTINATION_DOWN = {"refused", "unreachable", "rejected"}
 _IDLE_RELEASE_SECONDS = 30.0
 _BATCH = 8
 _IDLE_POLL_SECONDS = 1.0

@@ -57,12 +57,15 @@ class IngestServer:
         spool: Spool,
         planner: Planner,
         alarm: AlarmSink,
+        wanted_keywords: frozenset[str] = frozenset(),
     ) -> None:
         pynetdicom_setup.configure()
         self.config = config
         self.spool = spool
         self._planner = planner
         self._alarm = alarm
+        # The attributes routing rules test; only these are decoded from each header.
+        self._wanted_keywords = wanted_keywords
         self._server: ThreadedAssociationServer | None = None
         self._open: dict[int, set[IncomingObject]] = {}
         self._open_lock = threading.Lock()
@@ -183,6 +186,7 @@ class IngestServer:
                     cast(BinaryIO, reader),
                     command_sop_class=str(request.AffectedSOPClassUID),
                     command_sop_instance=str(request.AffectedSOPInstanceUID),
+                    wanted_keywords=self._wanted_keywords,
                 )
         except UnreadableObject as exc:
             # The parser's message can quote values from the object: log only its kind.

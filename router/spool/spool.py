@@ -318,9 +318,16 @@ def _record(
         _history(conn, object_id, now, "replaces", {"object": previous[0]})
     for delivery in deliveries:
         conn.execute(
-            "INSERT INTO deliveries(object_id, destination, rule, priority, state, updated_at)"
-            " VALUES (?, ?, ?, ?, 'pending', ?)",
-            (object_id, delivery.destination, delivery.rule, delivery.priority_rank, now),
+            "INSERT INTO deliveries(object_id, destination, rule, priority, send, state,"
+            " updated_at) VALUES (?, ?, ?, ?, ?, 'pending', ?)",
+            (
+                object_id,
+                delivery.destination,
+                delivery.rule,
+                delivery.priority_rank,
+                delivery.send,
+                now,
+            ),
         )
         _history(
             conn,
