@@ -18,11 +18,13 @@ from router.delivery.queue import DeliveryQueue
 from router.delivery.worker import DestinationWorker
 from router.ingest.scp import IngestServer
 from router.spool.recovery import RecoveryReport, recover
+from router.spool.retention import expire
 from router.spool.spool import Spool
 
 log = logging.getLogger("waystation")
 
 _HEALTH_INTERVAL = 5.0
+_RETENTION_INTERVAL = 600.0
 
 
 class Router:
@@ -100,6 +102,13 @@ class Router:
         self.spool.close()
 
     def _watch_health(self) -> None:
+        last_expiry = 0.0
         while not self._stopping.wait(_HEALTH_INTERVAL):
             if self.spool.free_bytes() >= self.config.spool.min_free:
                 self.alarms.clear("spool-full")
+            if time.monotonic() - last_expiry > _RETENTION_INTERVAL:
+                last_expiry = time.monotonic()
+                try:
+                    expire(self.spool, self.config.spool.retention)
+                except Exception:  # retention must never stop the router
+                    log.exception("retention pass failed; will try again")

@@ -92,6 +92,11 @@ class SpoolConfig(_Strict):
     # Objects whose encrypted size is at most this are held inside the journal, so one journal
     # commit is their only fsync; larger ones become blob files (3 syncs, shared by a batch).
     inline_limit: ByteSize = Field(default=1024 * 1024, ge=0, le=16 * 1024 * 1024)
+    # How long an object is kept after every destination confirmed it; then it is deleted and
+    # its data key destroyed. Objects not yet delivered everywhere are never deleted.
+    retention: Annotated[float, BeforeValidator(parse_duration)] = Field(
+        default=7 * 86400, ge=0, le=3650 * 86400
+    )
 
     @property
     def resolved_key_file(self) -> Path:

@@ -147,3 +147,33 @@ def test_inflight_deliveries_are_pending_again_after_a_crash(tmp_path: Path) -> 
     assert recover(spool).inflight_requeued == 2
     assert len(DeliveryQueue(spool).claim("pacs", 10)) == 2
     spool.close()
+
+
+def test_retention_deletes_only_fully_delivered_objects_and_destroys_keys(
+    tmp_path: Path,
+) -> None:
+    from router.errors import IntegrityError
+    from router.spool.retention import expire
+    from router.spool.verify import verify
+
+    spool = open_spool(tmp_path)
+    queue = DeliveryQueue(spool)
+    delivered, pending, failed = (store(spool) for _ in range(3))
+    claimed = {c.object_id: c for c in queue.claim("pacs", 3)}
+    queue.record("pacs", claimed[delivered], Classification("delivered", "ok", 0)).result()
+    queue.record("pacs", claimed[failed], Classification("permanent", "no", 0xC000)).result()
+    queue.release("pacs", [claimed[pending]], time.time()).result()
+    assert expire(spool, 3600) == 0  # too recent
+    later = time.time() + 7200
+    assert expire(spool, 3600, now=later) == 1
+    held = spool.get(delivered)
+    assert held is not None and held.state == "deleted" and held.wrapped_key is None
+    try:
+        spool.open_object(held)
+        raise AssertionError("a deleted object must not open")
+    except IntegrityError:
+        pass
+    remaining = {h.id for h in spool.held_objects()}
+    assert remaining == {pending, failed}  # undelivered objects are never deleted
+    assert verify(spool).ok
+    spool.close()
