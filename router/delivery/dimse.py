@@ -8,15 +8,19 @@ object needs a presentation context the current association lacks.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import socket
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, BinaryIO
 
 from pydicom.uid import UID
 from pynetdicom import AE
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.dsutils import split_dataset
 
 from router.config.model import DimseDestination
 from router.core.retry import Outcome
@@ -60,10 +64,12 @@ class DimseSender:
         self.spool = spool
         self.timeouts = timeouts or Timeouts()
         self._assoc: Any = None
+        self._context_ids: dict[tuple[str, str], int] = {}
+        self._message_id = 0
         self._contexts: set[tuple[str, str]] = set()
         self._last_used = 0.0
 
-    def send(self, held: HeldObject, sop_class: str, syntax: str) -> Outcome:
+    def send(self, held: HeldObject, sop_class: str, syntax: str, priority: int = 2) -> Outcome:
         """Offer one object; returns what happened. Never raises for network trouble."""
         wanted = (sop_class, syntax)
         if self._assoc is None or not self._assoc.is_established or wanted not in self._contexts:
@@ -79,19 +85,47 @@ class DimseSender:
         path = pynetdicom_setup.register_stream(opener)
         try:
             self._assoc.dimse_timeout = self.timeouts.response(held.size)
-            status = self._assoc.send_c_store(path)
-        except (OSError, RuntimeError, ValueError, AttributeError) as exc:
+            status = self._store(path, wanted, priority)
+        except (OSError, RuntimeError, ValueError, AttributeError, IntegrityError) as exc:
             log.warning("sending to %s failed: %s", self.destination.name, type(exc).__name__)
             self.close()
+            if isinstance(exc, IntegrityError):
+                return Outcome("unreadable", detail=str(exc))
             return Outcome("aborted", detail=type(exc).__name__)
         finally:
             pynetdicom_setup.unregister_stream(path)
         self._last_used = time.monotonic()
-        if status is not None and "Status" in status:
-            return Outcome("status", status=int(status.Status))
+        if status is not None:
+            return Outcome("status", status=status)
         aborted = not self._assoc.is_established
         self.close()
         return Outcome("aborted" if aborted else "no-response")
+
+    def _store(self, path: Path, context: tuple[str, str], priority: int) -> int | None:
+        """One C-STORE on the open association; the answer's status, or None (timeout/abort).
+
+        pynetdicom's own send_c_store unpauses its reactor thread after each request; when
+        the next answer arrives quickly (TCP_NODELAY) that thread can take it off the queue
+        first and drop it as "unexpected", leaving the sender waiting for its timeout. This
+        sender keeps the reactor paused for the association's whole life (see _associate)
+        and reads the answer itself."""
+        assoc = self._assoc
+        file_meta, offset = split_dataset(path)
+        context_id = self._context_ids[context]
+        self._message_id = self._message_id % 65535 + 1
+        request = C_STORE()
+        request.MessageID = self._message_id
+        request.AffectedSOPClassUID = context[0]
+        request.AffectedSOPInstanceUID = file_meta.MediaStorageSOPInstanceUID
+        request.Priority = priority
+        request._dataset_path = (path, offset)
+        assoc.dimse.send_msg(request, context_id)
+        _, response = assoc.dimse.get_msg(block=True)
+        if response is None or getattr(response, "Status", None) is None:
+            return None
+        if getattr(response, "MessageIDBeingRespondedTo", None) != self._message_id:
+            return None  # not the answer to this request: treat as no answer, resend later
+        return int(response.Status)
 
     def _opener(self, held: HeldObject) -> Any:
         reader = self.spool.open_object(held)  # checks the key now: fail before associating
@@ -104,10 +138,7 @@ class DimseSender:
         return open_stream
 
     def _accepted(self) -> set[tuple[str, str]]:
-        return {
-            (str(cx.abstract_syntax), str(cx.transfer_syntax[0]))
-            for cx in self._assoc.accepted_contexts
-        }
+        return set(self._context_ids)
 
     def _associate(self, needed: set[tuple[str, str]]) -> Outcome | None:
         self.close()
@@ -122,12 +153,25 @@ class DimseSender:
             ae.add_requested_context(sop_class, [syntax])
         dest = self.destination
         try:
-            assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title)
+            assoc: Any = ae.associate(dest.host, dest.port, ae_title=dest.ae_title)
         except (OSError, RuntimeError, ValueError) as exc:
             return Outcome("unreachable", detail=type(exc).__name__)
         if assoc.is_established:
-            # TCP_NODELAY is deliberately not set on this side: PERFORMANCE.md records
-            # pynetdicom senders stalling until the DIMSE timeout with it set.
+            # Pause pynetdicom's reactor for good (see _store): it is waiting at its checkpoint
+            # once _is_paused is True, because nothing here sets the checkpoint again.
+            assoc._reactor_checkpoint.clear()
+            deadline = time.monotonic() + self.timeouts.connect
+            while not assoc._is_paused and time.monotonic() < deadline:
+                time.sleep(0.0001)
+            # Safe now that the answers are read here: without it, Nagle's algorithm and the
+            # peer's delayed ACK cost ~40 ms per object (PERFORMANCE.md, gotchas 1 and 2).
+            with contextlib.suppress(AttributeError, OSError):
+                assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self._context_ids = {
+                (str(cx.abstract_syntax), str(cx.transfer_syntax[0])): int(cx.context_id)
+                for cx in assoc.accepted_contexts
+            }
+            self._message_id = 0
             self._assoc = assoc
             self._contexts = contexts
             return None
@@ -151,6 +195,7 @@ class DimseSender:
         assoc, self._assoc = self._assoc, None
         if assoc is not None and assoc.is_established:
             try:
+                assoc._reactor_checkpoint.set()  # let pynetdicom run its release handshake
                 assoc.release()
             except Exception:  # a broken association cannot be released politely
                 assoc.abort()

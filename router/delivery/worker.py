@@ -25,6 +25,8 @@ _DESTINATION_DOWN = {"refused", "unreachable", "rejected"}
 _IDLE_RELEASE_SECONDS = 30.0
 _BATCH = 8
 _IDLE_POLL_SECONDS = 1.0
+# C-STORE priority (PS3.7): stat and urgent HIGH (1), routine MEDIUM (0), bulk LOW (2).
+_DICOM_PRIORITY = {0: 1, 1: 1, 2: 0, 3: 2}
 
 
 @dataclass
@@ -155,7 +157,7 @@ class DestinationWorker:
             outcome = Outcome("unreadable", detail="the object is no longer held")
         else:
             sop_class, syntax = self._context_of(held.id)
-            outcome = sender.send(held, sop_class, syntax)
+            outcome = sender.send(held, sop_class, syntax, _DICOM_PRIORITY[claimed.priority])
         verdict = classify(
             outcome,
             destination=self.destination.name,
