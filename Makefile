@@ -46,7 +46,8 @@ unit: $(STAMP)
 
 ## Long soaks: 1000 power cuts and 100+ kill -9s.
 soak: deps $(STAMP)
-	WAYSTATION_SOAK=1 $(PY) -m pytest -q -s tests/crash/test_powerloss.py tests/crash/test_kill9.py
+	WAYSTATION_SOAK=1 $(PY) -m pytest -q -s tests/crash/test_powerloss.py tests/crash/test_kill9.py \
+	  tests/crash/test_delivery_crash.py
 
 ## Benchmarks against DCMTK and Orthanc in the same run; writes docs/benchmarks.md.
 bench: deps $(STAMP)

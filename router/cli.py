@@ -115,6 +115,9 @@ def cmd_route_test(args: argparse.Namespace) -> int:
     """Dry-run the routing rules on files: which rules match, and where each file would go.
 
     Prints only file names, modality and SOP class: never patient names or IDs."""
+    from router.ingest import pynetdicom_setup
+
+    pynetdicom_setup.configure()  # silences pydicom warnings, which can quote values
     from router.config.dicom_names import sop_class_name
     from router.config.rules import build_rules
     from router.core.objects import Source

@@ -4,7 +4,6 @@ delays another. Each worker runs in its own thread(s) with its own association."
 from __future__ import annotations
 
 import logging
-import random
 import threading
 import time
 from dataclasses import dataclass, field
@@ -21,8 +20,12 @@ log = logging.getLogger("waystation.delivery")
 # batch goes back to the queue and the whole destination backs off. A timeout or an abort
 # while one object is being sent is that object's problem first: it waits for its own retry
 # and the others go on, so one object the destination chokes on never blocks the queue.
+# A rejected association - even a permanent rejection such as "calling AE title not
+# recognised" - is the destination's configuration, not the object's: objects stay queued and
+# the destination shows as blocked until it accepts this unit.
 _DESTINATION_DOWN = {"refused", "unreachable", "rejected"}
-_IDLE_RELEASE_SECONDS = 30.0
+# Below the association's network timeout, so an idle association is released, not aborted.
+_IDLE_RELEASE_SECONDS = 10.0
 _BATCH = 8
 _IDLE_POLL_SECONDS = 1.0
 # C-STORE priority (PS3.7): stat and urgent HIGH (1), routine MEDIUM (0), bulk LOW (2).
@@ -69,7 +72,6 @@ class DestinationWorker:
         self._lock = threading.Lock()
         self._down_until = 0.0
         self._consecutive_failures = 0
-        self._random = random.Random()
         self._threads = [
             threading.Thread(target=self._run, name=f"deliver-{destination.name}-{i}", daemon=True)
             for i in range(max(1, threads))
@@ -140,12 +142,12 @@ class DestinationWorker:
                 self.queue.release(name, batch[index:], time.time())
                 return
             verdict, outcome = self._deliver(sender, claimed)
-            if verdict.verdict == "transient" and outcome.kind in _DESTINATION_DOWN:
+            if outcome.kind in _DESTINATION_DOWN:
                 self._destination_down(verdict, claimed, batch[index + 1 :])
                 return
             self._consecutive_failures = 0
             if verdict.verdict == "transient":
-                retry_at = time.time() + self.policy.delay(claimed.attempts, self._random)
+                retry_at = time.time() + self.policy.delay(claimed.attempts)
                 self.queue.record(name, claimed, verdict, retry_at=retry_at)
             else:
                 self.queue.record(name, claimed, verdict)
@@ -180,14 +182,17 @@ class DestinationWorker:
         self, verdict: Classification, claimed: Claimed, rest: list[Claimed]
     ) -> None:
         self._consecutive_failures += 1
-        delay = self.policy.delay(self._consecutive_failures, self._random)
+        blocked = verdict.verdict == "permanent"
+        # A blocked destination needs a person; it is still retried, at the slowest pace.
+        delay = self.policy.cap if blocked else self.policy.delay(self._consecutive_failures)
         retry_at = time.time() + delay
         with self._lock:
             self._down_until = retry_at
-        self.queue.record(self.destination.name, claimed, verdict, retry_at=retry_at)
+        waiting = Classification("transient", verdict.reason, verdict.status)
+        self.queue.record(self.destination.name, claimed, waiting, retry_at=retry_at)
         if rest:
             self.queue.release(self.destination.name, rest, retry_at)
-        state = "blocked" if verdict.reason.endswith("Call IT.") else "down"
+        state = "blocked" if blocked else "down"
         self._set(state, verdict.reason, next_retry_at=retry_at)
         log.warning("%s: %s next try in %.0f s", self.destination.name, verdict.reason, delay)
 

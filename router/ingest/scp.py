@@ -221,7 +221,9 @@ class IngestServer:
         return STATUS_SUCCESS
 
     def _refuse(self, incoming: IncomingObject, exc: Exception) -> int:
-        incoming.discard()
+        # A blob already renamed into place stays for recovery: a commit that reported
+        # failure may still have reached the disk.
+        incoming.discard(keep_published=True)
         code = "spool-full" if isinstance(exc, StorageFull) else "storage-fault"
         self._alarm(code, str(exc))
         log.error("object refused with 0xA700: %s", exc)

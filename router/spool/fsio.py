@@ -12,10 +12,6 @@ from pathlib import Path
 
 from router.errors import StorageFault
 
-# A test-only switch that breaks the spool on purpose, so the power-loss test can prove it
-# catches a spool that skips the directory fsync (the "control run"). Never set in production.
-_SKIP_DIR_FSYNC = os.environ.get("WAYSTATION_TEST_FAULT") == "skip-dir-fsync"
-
 
 def fsync_file(fd: int) -> None:
     """fsync ``fd``; a failure is a StorageFault and must never be retried as success."""
@@ -27,8 +23,6 @@ def fsync_file(fd: int) -> None:
 
 def fsync_dir(path: Path) -> None:
     """Make the directory entries in ``path`` (creates, renames, unlinks) durable."""
-    if _SKIP_DIR_FSYNC:
-        return
     try:
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     except OSError as exc:

@@ -2,7 +2,7 @@
 accession numbers, descriptions and UIDs live only in the sealed ``meta`` column; lookups by
 UID go through keyed tags (see keys.Keyring.lookup_tag)."""
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS journal_meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);

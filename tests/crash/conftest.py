@@ -19,11 +19,14 @@ def soak() -> bool:
 
 @pytest.fixture(scope="session")
 def templates(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
-    """A tiny object and a 512x512 CT slice: small and medium objects in the traffic."""
+    """Tiny objects, a 512x512 CT slice and a 1024x1024 slice (2 MB): the first two are held
+    inline in the journal, the last one takes the blob-file path (fsync, rename, dir fsync)."""
     base = tmp_path_factory.mktemp("templates")
     tiny = dicomgen.make_tiny_objects(base / "tiny", count=1)
     ct = dicomgen.make_ct_series(base / "ct", count=1)
-    return tiny * 4 + ct
+    large = dicomgen.make_ct_series(base / "large", count=1, rows=1024, cols=1024)
+    assert large[0].stat().st_size > 2 * 1024 * 1024 > 1024 * 1024 > ct[0].stat().st_size
+    return tiny * 3 + ct + large
 
 
 @pytest.fixture

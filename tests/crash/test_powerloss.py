@@ -18,11 +18,14 @@ from tests.support.router_proc import free_port, write_config
 pytestmark = pytest.mark.fuse
 
 
-def config_on(crashfs: CrashFS, tmp_path: Path, port: int) -> Path:
+def config_on(crashfs: CrashFS, tmp_path: Path, port: int, *, inline_limit: str = "") -> Path:
+    """A router configuration with spool and key file on the crash file system."""
     directory = tmp_path / "unit"
     directory.mkdir()
     config = write_config(directory, port=port, spool=crashfs.mountpoint / "spool")
     text = config.read_text().replace(str(directory / "keys"), str(crashfs.mountpoint / "keys"))
+    if inline_limit:
+        text = text.replace("[spool]\n", f'[spool]\ninline_limit = "{inline_limit}"\n')
     config.write_text(text)
     return config
 
@@ -45,8 +48,9 @@ def test_control_a_spool_without_directory_fsync_is_caught(
     crashfs: CrashFS, tmp_path: Path, templates: list[Path]
 ) -> None:
     port = free_port()
+    # Every object on the blob-file path: the path the directory fsync protects.
     figures = run_trials(
-        config_on(crashfs, tmp_path, port),
+        config_on(crashfs, tmp_path, port, inline_limit="0"),
         port,
         templates,
         trials=8,
