@@ -126,6 +126,24 @@ class RoutingConfig(_Strict):
         return value
 
 
+DicomKeyword = Annotated[str, AfterValidator(check_keyword)]
+
+
+class TagChanges(_Strict):
+    """Governed changes to the header sent to one destination (the spool keeps the original).
+
+    Off unless configured; every object changed records which attributes were changed."""
+
+    set: dict[DicomKeyword, str] = Field(default_factory=dict)
+    remove: list[DicomKeyword] = Field(default_factory=list)
+    map: dict[DicomKeyword, dict[str, str]] = Field(default_factory=dict)
+
+    @property
+    def active(self) -> bool:
+        """Whether any change is configured."""
+        return bool(self.set or self.remove or self.map)
+
+
 class DimseDestination(_Strict):
     """A DICOM C-STORE destination (a PACS, an archive, a workstation)."""
 
@@ -136,6 +154,7 @@ class DimseDestination(_Strict):
     port: int = Field(ge=1, le=65535)
     # Concurrent associations to this destination (each sends the queue in priority order).
     associations: int = Field(default=1, ge=1, le=8)
+    changes: TagChanges = Field(default_factory=TagChanges)
 
 
 Seconds = Annotated[float, BeforeValidator(parse_duration)]
@@ -191,7 +210,6 @@ def _day(value: object) -> object:
 
 
 Text = Annotated[str, BeforeValidator(_as_text), AfterValidator(_not_empty)]
-DicomKeyword = Annotated[str, AfterValidator(check_keyword)]
 DayName = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 # A string or a non-empty list of strings (one of them).
 AETitles = Annotated[list[AETitle], BeforeValidator(_as_list), Field(min_length=1)]

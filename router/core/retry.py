@@ -33,6 +33,8 @@ class Outcome:
     source: int | None = None
     reason: int | None = None
     detail: str = ""
+    changed: tuple[str, ...] = ()  # tag changes applied for this destination (keywords)
+    converted: str = ""  # the transfer syntax it was converted to, if it was
 
 
 @dataclass(frozen=True)

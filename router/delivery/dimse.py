@@ -17,13 +17,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from pydicom.uid import UID
+from pydicom import dcmread
+from pydicom.uid import (
+    UID,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+)
 from pynetdicom import AE
 from pynetdicom.dimse_primitives import C_STORE
-from pynetdicom.dsutils import split_dataset
+from pynetdicom.dsutils import encode, split_dataset
 
 from router.config.model import DimseDestination
 from router.core.retry import Outcome
+from router.delivery.changes import apply_changes
 from router.errors import IntegrityError
 from router.ingest import pynetdicom_setup
 from router.spool.spool import HeldObject, Spool
@@ -31,6 +38,15 @@ from router.spool.spool import HeldObject, Spool
 log = logging.getLogger("waystation.delivery")
 
 _MAX_CONTEXTS = 128
+# Syntaxes whose data sets convert to Explicit/Implicit VR Little Endian without loss.
+_CONVERTIBLE = {
+    str(s)
+    for s in (
+        ImplicitVRLittleEndian,
+        ExplicitVRLittleEndian,
+        DeflatedExplicitVRLittleEndian,
+    )
+}
 
 
 @dataclass(frozen=True)
@@ -70,22 +86,39 @@ class DimseSender:
         self._last_used = 0.0
 
     def send(self, held: HeldObject, sop_class: str, syntax: str, priority: int = 2) -> Outcome:
-        """Offer one object; returns what happened. Never raises for network trouble."""
+        """Offer one object; returns what happened. Never raises for network trouble.
+
+        The stored bytes go as they are when the destination accepts the object's transfer
+        syntax and no tag changes are configured. Otherwise the data set is decoded and sent
+        with the changes applied and/or converted to an uncompressed syntax the destination
+        accepts - only where that conversion is lossless."""
         wanted = (sop_class, syntax)
         if self._assoc is None or not self._assoc.is_established or wanted not in self._contexts:
             outcome = self._associate({wanted})
             if outcome is not None:
                 return outcome
-        if wanted not in self._accepted():
+        target = self._target(wanted)
+        if target is None:
             return Outcome("no-context", detail=f"{_name(sop_class)} as {_name(syntax)}")
+        if target != wanted and syntax not in _CONVERTIBLE:
+            return Outcome(
+                "no-context",
+                detail=f"it accepts {_name(sop_class)} only uncompressed; this one is "
+                f"{_name(syntax)}, and converting compressed images is not supported",
+            )
         try:
             opener = self._opener(held)
         except IntegrityError as exc:
             return Outcome("unreadable", detail=str(exc))
         path = pynetdicom_setup.register_stream(opener)
+        changed: list[str] = []
         try:
             self._assoc.dimse_timeout = self.timeouts.response(held.size)
-            status = self._store(path, wanted, priority)
+            if target == wanted and not self.destination.changes.active:
+                status = self._store(path, target, priority)
+            else:
+                encoded, changed = self._prepare(opener, target)
+                status = self._store(path, target, priority, encoded=encoded)
         except (OSError, RuntimeError, ValueError, AttributeError, IntegrityError) as exc:
             log.warning("sending to %s failed: %s", self.destination.name, type(exc).__name__)
             self.close()
@@ -96,12 +129,43 @@ class DimseSender:
             pynetdicom_setup.unregister_stream(path)
         self._last_used = time.monotonic()
         if status is not None:
-            return Outcome("status", status=status)
+            converted = target[1] if target != wanted else ""
+            return Outcome("status", status=status, changed=tuple(changed), converted=converted)
         aborted = not self._assoc.is_established
         self.close()
         return Outcome("aborted" if aborted else "no-response")
 
-    def _store(self, path: Path, context: tuple[str, str], priority: int) -> int | None:
+    def _target(self, wanted: tuple[str, str]) -> tuple[str, str] | None:
+        """The accepted context to use: the object's own syntax, else an uncompressed one."""
+        accepted = self._accepted()
+        if wanted in accepted:
+            return wanted
+        for syntax in (ExplicitVRLittleEndian, ImplicitVRLittleEndian):
+            if (wanted[0], str(syntax)) in accepted:
+                return (wanted[0], str(syntax))
+        return None
+
+    def _prepare(self, opener: Any, target: tuple[str, str]) -> tuple[bytes, list[str]]:
+        """Decode the held object, apply this destination's changes, encode in ``target``."""
+        with opener() as stream:
+            dataset = dcmread(stream, force=False)
+        changed = apply_changes(dataset, self.destination.changes)
+        syntax = UID(target[1])
+        encoded = encode(
+            dataset, syntax.is_implicit_VR, syntax.is_little_endian, syntax.is_deflated
+        )
+        if encoded is None:
+            raise ValueError("the data set could not be encoded")
+        return encoded, changed
+
+    def _store(
+        self,
+        path: Path,
+        context: tuple[str, str],
+        priority: int,
+        *,
+        encoded: bytes | None = None,
+    ) -> int | None:
         """One C-STORE on the open association; the answer's status, or None (timeout/abort).
 
         pynetdicom's own send_c_store unpauses its reactor thread after each request; when
@@ -118,7 +182,10 @@ class DimseSender:
         request.AffectedSOPClassUID = context[0]
         request.AffectedSOPInstanceUID = file_meta.MediaStorageSOPInstanceUID
         request.Priority = priority
-        request._dataset_path = (path, offset)
+        if encoded is None:
+            request._dataset_path = (path, offset)  # the stored bytes, streamed as they are
+        else:
+            request.DataSet = io.BytesIO(encoded)
         assoc.dimse.send_msg(request, context_id)
         _, response = assoc.dimse.get_msg(block=True)
         if response is None or getattr(response, "Status", None) is None:
@@ -145,6 +212,15 @@ class DimseSender:
         contexts = needed | self._contexts
         if len(contexts) > _MAX_CONTEXTS:
             contexts = needed
+        # Uncompressed alternatives for each SOP class, for lossless conversion when the
+        # destination does not accept an object's own transfer syntax.
+        fallbacks = {
+            (sop_class, str(syntax))
+            for sop_class, _ in contexts
+            for syntax in (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
+        }
+        if len(contexts | fallbacks) <= _MAX_CONTEXTS:
+            contexts = contexts | fallbacks
         ae = AE(ae_title=self.unit_ae)
         ae.acse_timeout = self.timeouts.connect
         ae.network_timeout = self.timeouts.response_base

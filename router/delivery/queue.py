@@ -83,6 +83,7 @@ class DeliveryQueue:
         *,
         retry_at: float | None = None,
         now: float | None = None,
+        extra: dict[str, Any] | None = None,
     ) -> Future[Any]:
         """Record one attempt's outcome. Returns at once; the journal commits it in the next
         batch (if a crash loses it, the delivery is inflight and is simply sent again)."""
@@ -101,6 +102,7 @@ class DeliveryQueue:
         }
         if retry_at is not None:
             detail["retry_at"] = round(retry_at, 3)
+        detail.update(extra or {})
 
         def transaction(conn: sqlite3.Connection) -> None:
             changed = conn.execute(

@@ -46,6 +46,16 @@ class DestinationStatus:
     failed: int = 0
 
 
+def _what_was_changed(outcome: Outcome) -> dict[str, object]:
+    """History detail for a copy that differs from the stored bytes (keywords, no values)."""
+    extra: dict[str, object] = {}
+    if outcome.changed:
+        extra["changed"] = list(outcome.changed)
+    if outcome.converted:
+        extra["converted_to"] = outcome.converted
+    return extra
+
+
 class DestinationWorker:
     """Delivers one destination's queue, most urgent first, until stopped."""
 
@@ -150,7 +160,7 @@ class DestinationWorker:
                 retry_at = time.time() + self.policy.delay(claimed.attempts)
                 self.queue.record(name, claimed, verdict, retry_at=retry_at)
             else:
-                self.queue.record(name, claimed, verdict)
+                self.queue.record(name, claimed, verdict, extra=_what_was_changed(outcome))
                 self._count(verdict)
 
     def _deliver(self, sender: DimseSender, claimed: Claimed) -> tuple[Classification, Outcome]:
