@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Sequence
 from datetime import datetime
 
 from router.alarms import Alarms
@@ -25,6 +26,7 @@ log = logging.getLogger("waystation")
 
 _HEALTH_INTERVAL = 5.0
 _RETENTION_INTERVAL = 600.0
+_RETENTION_BATCH = 500  # router/spool/retention.py expire()'s default limit
 
 
 class Router:
@@ -53,6 +55,7 @@ class Router:
             planner=self._plan,
             alarm=self.alarms.raise_,
             wanted_keywords=wanted_keywords(self._rules),
+            on_stored=self._wake_workers,
         )
         self._stopping = threading.Event()
         self._health = threading.Thread(target=self._watch_health, name="health", daemon=True)
@@ -82,6 +85,12 @@ class Router:
         # Time windows are in the unit's local time, as people at the site read the clock.
         return plan(self._rules, attributes, source, first_match=first, now=datetime.now())
 
+    def _wake_workers(self, deliveries: Sequence[PlannedDelivery]) -> None:
+        for delivery in deliveries:
+            worker = self.workers.get(delivery.destination)
+            if worker is not None:
+                worker.wake()
+
     def start(self) -> None:
         """Start receiving and delivering."""
         self.ingest.start()
@@ -109,6 +118,9 @@ class Router:
             if time.monotonic() - last_expiry > _RETENTION_INTERVAL:
                 last_expiry = time.monotonic()
                 try:
-                    expire(self.spool, self.config.spool.retention)
+                    # In batches, so one pass never holds the journal for long.
+                    while expire(self.spool, self.config.spool.retention) == _RETENTION_BATCH:
+                        if self._stopping.is_set():
+                            break
                 except Exception:  # retention must never stop the router
                     log.exception("retention pass failed; will try again")

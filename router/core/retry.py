@@ -83,6 +83,12 @@ def classify(outcome: Outcome, *, destination: str, unit_ae: str, dest_ae: str) 
             "permanent",
             f"{name} does not accept this kind of image ({outcome.detail}). Call IT.",
         )
+    if kind == "unpreparable":
+        return Classification(
+            "permanent",
+            f"The copy for {name} could not be made ({outcome.detail}); check its tag "
+            "changes. Call IT.",
+        )
     if kind == "unreadable":
         return Classification(
             "permanent", f"The stored copy cannot be read ({outcome.detail}). Call support."

@@ -103,8 +103,8 @@ class DimseSender:
         if target != wanted and syntax not in _CONVERTIBLE:
             return Outcome(
                 "no-context",
-                detail=f"it accepts {_name(sop_class)} only uncompressed; this one is "
-                f"{_name(syntax)}, and converting compressed images is not supported",
+                detail=f"it accepts {_name(sop_class)} only as Little Endian; this one is "
+                f"{_name(syntax)}, and converting from it is not supported",
             )
         try:
             opener = self._opener(held)
@@ -117,7 +117,12 @@ class DimseSender:
             if target == wanted and not self.destination.changes.active:
                 status = self._store(path, target, priority)
             else:
-                encoded, changed = self._prepare(opener, target)
+                try:
+                    encoded, changed = self._prepare(opener, target)
+                except IntegrityError:
+                    raise
+                except Exception as exc:  # a bad tag change or an undecodable object
+                    return Outcome("unpreparable", detail=type(exc).__name__)
                 status = self._store(path, target, priority, encoded=encoded)
         except (OSError, RuntimeError, ValueError, AttributeError, IntegrityError) as exc:
             log.warning("sending to %s failed: %s", self.destination.name, type(exc).__name__)

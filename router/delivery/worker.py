@@ -93,9 +93,8 @@ class DestinationWorker:
             thread.start()
 
     def wake(self) -> None:
-        """New work arrived (or an operator acted): look at the queue now."""
-        with self._lock:
-            self._down_until = 0.0 if self.status.state == "paused" else self._down_until
+        """New work arrived: look at the queue now (a destination that is down keeps its
+        backoff; ``retry_now`` is the operator's way to cut it short)."""
         self._wake.set()
 
     def retry_now(self) -> None:
@@ -151,7 +150,17 @@ class DestinationWorker:
             if self._stop.is_set():
                 self.queue.release(name, batch[index:], time.time())
                 return
-            verdict, outcome = self._deliver(sender, claimed)
+            try:
+                verdict, outcome = self._deliver(sender, claimed)
+            except Exception as exc:  # never leave a batch stuck in flight
+                log.error(
+                    "delivery to %s: unexpected %s; object retried later",
+                    name,
+                    type(exc).__name__,
+                )
+                sender.close()
+                outcome = Outcome("aborted", detail=type(exc).__name__)
+                verdict = Classification("transient", f"{name}: unexpected problem.")
             if outcome.kind in _DESTINATION_DOWN:
                 self._destination_down(verdict, claimed, batch[index + 1 :])
                 return

@@ -58,6 +58,7 @@ class IngestServer:
         planner: Planner,
         alarm: AlarmSink,
         wanted_keywords: frozenset[str] = frozenset(),
+        on_stored: Callable[[Sequence[PlannedDelivery]], None] = lambda deliveries: None,
     ) -> None:
         pynetdicom_setup.configure()
         self.config = config
@@ -66,6 +67,7 @@ class IngestServer:
         self._alarm = alarm
         # The attributes routing rules test; only these are decoded from each header.
         self._wanted_keywords = wanted_keywords
+        self._on_stored = on_stored
         self._server: ThreadedAssociationServer | None = None
         self._open: dict[int, set[IncomingObject]] = {}
         self._open_lock = threading.Lock()
@@ -209,6 +211,8 @@ class IngestServer:
             return self._refuse(incoming, exc)
         self.stored += 1
         self.last_received_at = time.time()
+        if result.deliveries:
+            self._on_stored(deliveries)  # committed: the destinations' workers may start now
         log.debug(
             "object %s %s (%d bytes, %s) from %s, %d deliveries",
             result.object_id,
