@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # Debian packages the tests and benchmarks drive as real peers.
 DEB_PACKAGES := dcmtk orthanc fuse3 libfuse3-3 tmux python3-venv
 
-.PHONY: run test lint unit deps venv bench soak clean
+.PHONY: run test lint unit deps deps-run apt-install venv bench soak clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -20,7 +20,14 @@ venv: $(STAMP)
 
 ## Debian packages: installed only when missing (needs root or sudo).
 deps:
-	@missing=""; for p in $(DEB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	@$(MAKE) --no-print-directory apt-install PACKAGES="$(DEB_PACKAGES)"
+
+## What `make run` needs on a bare Debian 12: Python's venv module.
+deps-run:
+	@$(MAKE) --no-print-directory apt-install PACKAGES="python3-venv"
+
+apt-install:
+	@missing=""; for p in $(PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
@@ -28,7 +35,7 @@ deps:
 	fi
 
 ## Start the router on the embedded default configuration (no file needed).
-run: $(STAMP)
+run: deps-run $(STAMP)
 	$(VENV)/bin/waystation run
 
 lint: $(STAMP)

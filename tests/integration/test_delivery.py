@@ -3,9 +3,7 @@ byte-exact; a dead destination never delays a live one; outages end in delivery.
 
 from __future__ import annotations
 
-import sqlite3
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -14,47 +12,22 @@ from pynetdicom import _config
 
 from tests.support import dicomgen
 from tests.support.peers import Orthanc, Storescp
-from tests.support.router_proc import RouterProcess, free_port, write_config
+from tests.support.router_proc import (
+    RouterProcess,
+    delivery_states,
+    destination_toml,
+    fast_retry_toml,
+    free_port,
+    route_toml,
+    wait_for,
+    write_config,
+)
 from tests.support.sender import send
 
 
 @pytest.fixture(autouse=True)
 def stream_from_files() -> None:
     _config.STORE_SEND_CHUNKED_DATASET = True
-
-
-def destination(name: str, ae: str, port: int, **extra: object) -> str:
-    lines = [
-        f'name = "{name}"',
-        'type = "dimse"',
-        f'ae_title = "{ae}"',
-        'host = "127.0.0.1"',
-        f"port = {port}",
-    ] + [f"{k} = {v}" for k, v in extra.items()]
-    return "\n[[destinations]]\n" + "\n".join(lines) + "\n"
-
-
-def route(name: str, *to: str) -> str:
-    targets = ", ".join(f'"{t}"' for t in to)
-    return f'\n[[routes]]\nname = "{name}"\nto = [{targets}]\n'
-
-
-FAST_RETRY = '\n[delivery]\nretry_first = "0.5 s"\nretry_max = "2 s"\n'
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 120.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.2)
-    return condition()
-
-
-def states(config: Path) -> dict[str, int]:
-    journal = config.parent / "spool" / "journal.sqlite"
-    with sqlite3.connect(f"file:{journal}?mode=ro", uri=True) as conn:
-        return dict(conn.execute("SELECT state, count(*) FROM deliveries GROUP BY state"))
 
 
 def test_ct_and_tiny_reach_storescp_and_orthanc_byte_exact(tmp_path: Path) -> None:
@@ -67,13 +40,13 @@ def test_ct_and_tiny_reach_storescp_and_orthanc_byte_exact(tmp_path: Path) -> No
         config = write_config(
             tmp_path / "unit",
             port=port,
-            destinations=destination("pacs", "STORESCP", scp.port)
-            + destination("archive", "ORTHANC", orthanc.dicom_port)
-            + route("everything", "pacs", "archive"),
+            destinations=destination_toml("pacs", "STORESCP", scp.port)
+            + destination_toml("archive", "ORTHANC", orthanc.dicom_port)
+            + route_toml("everything", "pacs", "archive"),
         )
         with RouterProcess(config):
             assert send(files, port).acknowledged == files
-            assert wait_for(lambda: states(config).get("delivered", 0) == 2 * len(files))
+            assert wait_for(lambda: delivery_states(config).get("delivered", 0) == 2 * len(files))
         sent = {dicomgen.dataset_sha256(p) for p in files}
         assert {dicomgen.dataset_sha256(p) for p in scp.files()} == sent
         assert len(scp.files()) == len(files)  # no duplicates
@@ -102,11 +75,11 @@ def test_many_transfer_syntaxes_are_forwarded_as_received(tmp_path: Path) -> Non
         config = write_config(
             tmp_path / "unit",
             port=port,
-            destinations=destination("pacs", "STORESCP", scp.port) + route("all", "pacs"),
+            destinations=destination_toml("pacs", "STORESCP", scp.port) + route_toml("all", "pacs"),
         )
         with RouterProcess(config):
             assert send(files, port).acknowledged == files
-            assert wait_for(lambda: states(config).get("delivered", 0) == len(files))
+            assert wait_for(lambda: delivery_states(config).get("delivered", 0) == len(files))
         assert {dicomgen.dataset_sha256(p) for p in scp.files()} == {
             dicomgen.dataset_sha256(p) for p in files
         }
@@ -123,10 +96,10 @@ def test_dead_destination_never_delays_the_live_one_and_outage_ends_in_delivery(
         config = write_config(
             tmp_path / "unit",
             port=port,
-            destinations=destination("live", "STORESCP", live.port)
-            + destination("down", "STORESCP", dead_port)
-            + route("both", "live", "down"),
-            extra=FAST_RETRY,
+            destinations=destination_toml("live", "STORESCP", live.port)
+            + destination_toml("down", "STORESCP", dead_port)
+            + route_toml("both", "live", "down"),
+            extra=fast_retry_toml(),
         )
         with RouterProcess(config) as proc:
             started = time.monotonic()
@@ -134,11 +107,11 @@ def test_dead_destination_never_delays_the_live_one_and_outage_ends_in_delivery(
             assert wait_for(lambda: len(live.files()) == len(files), timeout=60)
             live_seconds = time.monotonic() - started
             # Outcomes are journaled just after the destination answers.
-            assert wait_for(lambda: states(config).get("delivered", 0) == len(files), 10)
+            assert wait_for(lambda: delivery_states(config).get("delivered", 0) == len(files), 10)
             # The dead one holds its objects, safe, waiting; nothing failed permanently.
             assert wait_for(lambda: "not accepting connections" in proc.read_log(), 30)
-            assert "failed" not in states(config)
+            assert "failed" not in delivery_states(config)
             with Storescp(tmp_path / "back", port=dead_port) as back:
                 assert wait_for(lambda: len(back.files()) == len(files), timeout=60)
-            assert states(config) == {"delivered": 2 * len(files)}
+            assert delivery_states(config) == {"delivered": 2 * len(files)}
     print(f"live destination had everything {live_seconds:.1f} s after the first send")

@@ -6,8 +6,6 @@ from __future__ import annotations
 import io
 import json
 import sqlite3
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 from pydicom import dcmread
@@ -16,18 +14,17 @@ from pydicom.uid import ImplicitVRLittleEndian
 from pynetdicom import _config
 
 from tests.support import dicomgen
-from tests.support.router_proc import RouterProcess, free_port, waystation, write_config
+from tests.support.router_proc import (
+    RouterProcess,
+    destination_toml,
+    free_port,
+    route_toml,
+    wait_for,
+    waystation,
+    write_config,
+)
 from tests.support.scripted_scp import ScriptedSCP
 from tests.support.sender import send
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 60.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.2)
-    return condition()
 
 
 def journal_rows(config: Path, query: str) -> list[tuple[object, ...]]:
@@ -42,19 +39,9 @@ def unit(tmp_path: Path, pacs_port: int, changes: str = "") -> tuple[Path, int]:
     config = write_config(
         tmp_path / "unit",
         port=port,
-        destinations=f"""
-[[destinations]]
-name = "pacs"
-type = "dimse"
-ae_title = "PACS"
-host = "127.0.0.1"
-port = {pacs_port}
-{changes}
-
-[[routes]]
-name = "all"
-to = ["pacs"]
-""",
+        destinations=destination_toml("pacs", "PACS", pacs_port)
+        + changes
+        + route_toml("all", "pacs"),
     )
     return config, port
 
@@ -94,7 +81,7 @@ def test_converted_losslessly_when_the_original_syntax_is_refused(tmp_path: Path
             " WHERE o.transfer_syntax LIKE '1.2.840.10008.1.2.4.%'",
         )
         assert state == "failed"
-        assert "only uncompressed" in str(error) and "not supported" in str(error)
+        assert "only as Little Endian" in str(error) and "not supported" in str(error)
         details = [
             json.loads(str(r[0]))
             for r in journal_rows(config, "SELECT detail FROM history WHERE event = 'delivered'")

@@ -19,7 +19,16 @@ from pynetdicom import _config
 from tests.support import dicomgen
 from tests.support.faultproxy import FaultProxy
 from tests.support.peers import Storescp
-from tests.support.router_proc import RouterProcess, free_port, write_config
+from tests.support.router_proc import (
+    RouterProcess,
+    delivery_states,
+    destination_toml,
+    fast_retry_toml,
+    free_port,
+    route_toml,
+    wait_for,
+    write_config,
+)
 from tests.support.scripted_scp import (
     REJECT_CALLING_AE,
     REJECT_CONGESTION,
@@ -46,14 +55,7 @@ class Rig:
     files: list[Path]
 
     def states(self, destination: str) -> dict[str, int]:
-        journal = self.config.parent / "spool" / "journal.sqlite"
-        with sqlite3.connect(f"file:{journal}?mode=ro", uri=True) as conn:
-            return dict(
-                conn.execute(
-                    "SELECT state, count(*) FROM deliveries WHERE destination = ? GROUP BY state",
-                    (destination,),
-                )
-            )
+        return delivery_states(self.config, destination)
 
     def errors(self, destination: str) -> set[str]:
         journal = self.config.parent / "spool" / "journal.sqlite"
@@ -64,15 +66,6 @@ class Rig:
                 (destination,),
             )
             return {r[0] for r in rows}
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 90.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.2)
-    return condition()
 
 
 @contextmanager
@@ -89,30 +82,10 @@ def rig(tmp_path: Path, count: int = 24) -> Iterator[Rig]:
         config = write_config(
             tmp_path / "unit",
             port=port,
-            destinations=f"""
-[[destinations]]
-name = "pacs"
-type = "dimse"
-ae_title = "PACS"
-host = "127.0.0.1"
-port = {proxy.port}
-
-[[destinations]]
-name = "archive"
-type = "dimse"
-ae_title = "STORESCP"
-host = "127.0.0.1"
-port = {archive.port}
-
-[[routes]]
-name = "everything"
-to = ["pacs", "archive"]
-
-[delivery]
-retry_first = "0.5 s"
-retry_max = "2 s"
-response_timeout = "2 s"
-""",
+            destinations=destination_toml("pacs", "PACS", proxy.port)
+            + destination_toml("archive", "STORESCP", archive.port)
+            + route_toml("everything", "pacs", "archive")
+            + fast_retry_toml(response_timeout="2 s"),
         )
         with RouterProcess(config) as router:
             yield Rig(router, config, port, pacs, proxy, archive, files)

@@ -6,9 +6,11 @@ import os
 import select
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
@@ -143,3 +145,47 @@ def waystation(*args: str, env: dict[str, str] | None = None) -> subprocess.Comp
         text=True,
         timeout=600,
     )
+
+
+def destination_toml(name: str, ae_title: str, port: int, **extra: object) -> str:
+    """A ``[[destinations]]`` table for ``write_config(destinations=...)``."""
+    lines = [
+        f'name = "{name}"',
+        'type = "dimse"',
+        f'ae_title = "{ae_title}"',
+        'host = "127.0.0.1"',
+        f"port = {port}",
+        *(f"{key} = {value}" for key, value in extra.items()),
+    ]
+    return "\n[[destinations]]\n" + "\n".join(lines) + "\n"
+
+
+def route_toml(name: str, *to: str) -> str:
+    """A ``[[routes]]`` table sending everything to ``to``."""
+    targets = ", ".join(f'"{t}"' for t in to)
+    return f'\n[[routes]]\nname = "{name}"\nto = [{targets}]\n'
+
+
+def fast_retry_toml(response_timeout: str = "") -> str:
+    """A ``[delivery]`` table with short retries, so tests see recovery quickly."""
+    text = '\n[delivery]\nretry_first = "0.5 s"\nretry_max = "2 s"\n'
+    return text + (f'response_timeout = "{response_timeout}"\n' if response_timeout else "")
+
+
+def delivery_states(config: Path, destination: str | None = None) -> dict[str, int]:
+    """Deliveries by state, read from the router's journal (read-only)."""
+    journal = config.parent / "spool" / "journal.sqlite"
+    where, args = ("WHERE destination = ?", (destination,)) if destination else ("", ())
+    with sqlite3.connect(f"file:{journal}?mode=ro", uri=True) as conn:
+        rows = conn.execute(f"SELECT state, count(*) FROM deliveries {where} GROUP BY state", args)
+        return {str(state): int(count) for state, count in rows}
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 90.0) -> bool:
+    """Poll ``condition`` until it holds or ``timeout`` passes; returns its last value."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.2)
+    return condition()
