@@ -164,13 +164,25 @@ class DestinationWorker:
             if outcome.kind in _DESTINATION_DOWN:
                 self._destination_down(verdict, claimed, batch[index + 1 :])
                 return
+            if self._consecutive_failures:
+                log.info("%s accepts connections again: delivering", name)
             self._consecutive_failures = 0
             if verdict.verdict == "transient":
                 retry_at = time.time() + self.policy.delay(claimed.attempts)
                 self.queue.record(name, claimed, verdict, retry_at=retry_at)
+                log.info("object %s: %s Retried later.", claimed.object_id, verdict.reason)
             else:
                 self.queue.record(name, claimed, verdict, extra=_what_was_changed(outcome))
                 self._count(verdict)
+                if verdict.verdict == "permanent":
+                    # Object ids and reasons only: the reason names the destination and the
+                    # kind of image, never patient data.
+                    log.warning(
+                        "object %s NOT delivered to %s: %s Waiting for an operator.",
+                        claimed.object_id,
+                        name,
+                        verdict.reason,
+                    )
 
     def _deliver(self, sender: DimseSender, claimed: Claimed) -> tuple[Classification, Outcome]:
         held = self.spool.get(claimed.object_id)

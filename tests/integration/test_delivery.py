@@ -114,4 +114,5 @@ def test_dead_destination_never_delays_the_live_one_and_outage_ends_in_delivery(
             with Storescp(tmp_path / "back", port=dead_port) as back:
                 assert wait_for(lambda: len(back.files()) == len(files), timeout=60)
             assert delivery_states(config) == {"delivered": 2 * len(files)}
+            assert "down accepts connections again: delivering" in proc.read_log()
     print(f"live destination had everything {live_seconds:.1f} s after the first send")
