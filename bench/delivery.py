@@ -26,13 +26,11 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import os
 import platform
 import resource
 import shlex
 import shutil
-import signal
 import sys
 import tempfile
 import time
@@ -75,14 +73,12 @@ from bench.ingest import (
     _csv,
     _ct_files,
     _debian_version,
-    _terminate,
     _tiny_files,
 )
 from bench.measure import BenchError, cpu_seconds
 from bench.receivers import ORTHANC as RX_ORTHANC
 from bench.receivers import STORESCP as RX_STORESCP
 from bench.receivers import orthanc_binary, preflight, spool_cipher
-from bench.report import write_section
 from tests.support.peers import Storescp, StorescuResult, storescu
 
 WORKLOADS = ("ct", "tiny")
@@ -554,46 +550,23 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> DeliveryResults:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: run, then write the section (or print it)."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, _terminate)
-    started = time.monotonic()
-    try:
-        results = run(args, argv)
-    except BenchError as exc:
-        print(f"bench.delivery: error: {exc}", file=sys.stderr)
-        return 1
-    except (KeyboardInterrupt, SystemExit):
-        _log("interrupted; every router and destination was stopped")
-        raise
-    except BaseException as exc:
-        # tests/support/peers.py calls pytest.skip() for a missing peer when pytest is
-        # importable, even outside pytest: turn that into a plain error.
-        if type(exc).__name__ == "Skipped":
-            print(f"bench.delivery: error: missing peer: {exc}", file=sys.stderr)
-            return 1
-        raise
-    section = render(results)
-    if args.out is not None:
-        write_section(args.out, SECTION, section)
-        _log(f"wrote the Delivery section of {args.out}")
-    else:
-        sys.stdout.write(section)
-    if args.json is not None:
-        args.json.write_text(
-            json.dumps(
-                {
-                    "command": results.command,
-                    "environment": dict(results.environment),
-                    "end_to_end": sample_rows(results.e2e),
-                    "send_rate": sample_rows(results.send),
-                },
-                indent=2,
-            )
-        )
-    _log(f"done in {time.monotonic() - started:.0f} s")
-    return 0
+    return measure.bench_main(
+        name="bench.delivery",
+        title="Delivery",
+        section=SECTION,
+        argv=argv,
+        build_parser=build_parser,
+        run=run,
+        render=render,
+        raw=lambda results: {
+            "command": results.command,
+            "environment": dict(results.environment),
+            "end_to_end": sample_rows(results.e2e),
+            "send_rate": sample_rows(results.send),
+        },
+        log=_log,
+        stopped="every router and destination was stopped",
+    )
 
 
 if __name__ == "__main__":

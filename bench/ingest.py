@@ -20,19 +20,16 @@ calls per acknowledged object. The result replaces the "Ingest" section of ``doc
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shlex
 import shutil
-import signal
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
-from types import FrameType
 
 from bench import measure
 from bench.measure import BenchError, cpu_seconds, peak_rss_mib, send_concurrently, split
@@ -49,7 +46,7 @@ from bench.receivers import (
     preflight,
     spool_cipher,
 )
-from bench.report import IngestResults, Sample, SyncCount, Workload, render, write_section
+from bench.report import IngestResults, Sample, SyncCount, Workload, render
 from tests.support import dicomgen
 from tests.support.crashfs import CrashFS
 
@@ -384,10 +381,6 @@ def _command_line(argv: Sequence[str]) -> str:
     return f"`{command}`"
 
 
-def _terminate(signum: int, frame: FrameType | None) -> None:
-    raise SystemExit(128 + signum)  # unwinds through every `with`/`finally`: peers are stopped
-
-
 def run(args: argparse.Namespace, argv: Sequence[str]) -> IngestResults:
     """Measure everything the arguments ask for."""
     runs = args.runs if args.runs is not None else (1 if args.quick else 3)
@@ -440,46 +433,23 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> IngestResults:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: run, then write the section (or print it)."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, _terminate)
-    started = time.monotonic()
-    try:
-        results = run(args, argv)
-    except BenchError as exc:
-        print(f"bench.ingest: error: {exc}", file=sys.stderr)
-        return 1
-    except (KeyboardInterrupt, SystemExit):
-        _log("interrupted; every receiver was stopped")
-        raise
-    except BaseException as exc:
-        # tests/support/peers.py calls pytest.skip() for a missing peer when pytest is
-        # importable, even outside pytest: turn that into a plain error.
-        if type(exc).__name__ == "Skipped":
-            print(f"bench.ingest: error: missing peer: {exc}", file=sys.stderr)
-            return 1
-        raise
-    section = render(results)
-    if args.out is not None:
-        write_section(args.out, "ingest", section)
-        _log(f"wrote the Ingest section of {args.out}")
-    else:
-        sys.stdout.write(section)
-    if args.json is not None:
-        args.json.write_text(
-            json.dumps(
-                {
-                    "command": results.command,
-                    "environment": dict(results.environment),
-                    "samples": [asdict(s) for s in results.samples],
-                    "syncs": [asdict(c) for c in results.syncs],
-                },
-                indent=2,
-            )
-        )
-    _log(f"done in {time.monotonic() - started:.0f} s")
-    return 0
+    return measure.bench_main(
+        name="bench.ingest",
+        title="Ingest",
+        section="ingest",
+        argv=argv,
+        build_parser=build_parser,
+        run=run,
+        render=render,
+        raw=lambda results: {
+            "command": results.command,
+            "environment": dict(results.environment),
+            "samples": [asdict(s) for s in results.samples],
+            "syncs": [asdict(c) for c in results.syncs],
+        },
+        log=_log,
+        stopped="every receiver was stopped",
+    )
 
 
 if __name__ == "__main__":

@@ -5,20 +5,25 @@ Nothing here starts a receiver; see :mod:`bench.receivers` for that.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import datetime as _dt
 import hashlib
 import importlib.metadata
+import json
 import os
 import platform
 import shutil
+import signal
 import statistics
 import subprocess
+import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from tests.support.peers import StorescuResult, storescu
 
@@ -294,3 +299,56 @@ def source_digest(root: Path) -> str:
 def utc_now() -> str:
     """The current time, UTC, to the minute."""
     return _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def bench_main(
+    *,
+    name: str,
+    title: str,
+    section: str,
+    argv: Sequence[str] | None,
+    build_parser: Callable[[], argparse.ArgumentParser],
+    run: Callable[[argparse.Namespace, Sequence[str]], Any],
+    render: Callable[[Any], str],
+    raw: Callable[[Any], dict[str, Any]],
+    log: Callable[[str], None],
+    stopped: str,
+) -> int:
+    """The entry point every benchmark module shares: parse, run with clean stops on signals,
+    then write its marked section of the output (or print it) and optional raw JSON."""
+    from bench.report import write_section
+
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(args_list)
+
+    def terminate(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)  # unwinds through every `with`/`finally`
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, terminate)
+    started = time.monotonic()
+    try:
+        results = run(args, args_list)
+    except BenchError as exc:
+        print(f"{name}: error: {exc}", file=sys.stderr)
+        return 1
+    except (KeyboardInterrupt, SystemExit):
+        log(f"interrupted; {stopped}")
+        raise
+    except BaseException as exc:
+        # tests/support/peers.py calls pytest.skip() for a missing peer when pytest is
+        # importable, even outside pytest: turn that into a plain error.
+        if type(exc).__name__ == "Skipped":
+            print(f"{name}: error: missing peer: {exc}", file=sys.stderr)
+            return 1
+        raise
+    text = render(results)
+    if args.out is not None:
+        write_section(args.out, section, text)
+        log(f"wrote the {title} section of {args.out}")
+    else:
+        sys.stdout.write(text)
+    if args.json is not None:
+        args.json.write_text(json.dumps(raw(results), indent=2))
+    log(f"done in {time.monotonic() - started:.0f} s")
+    return 0
