@@ -61,7 +61,13 @@ class Rig:
 
 @contextmanager
 def rig(
-    tmp_path: Path, *, report: str, count: int = 6, timeout: str = "1 h", **scp: object
+    tmp_path: Path,
+    *,
+    report: str,
+    count: int = 6,
+    timeout: str = "1 h",
+    allowed_callers: tuple[str, ...] = (),
+    **scp: object,
 ) -> Iterator[Rig]:
     _config.STORE_SEND_CHUNKED_DATASET = True
     files = dicomgen.make_tiny_objects(tmp_path / "tiny", count=count)
@@ -73,6 +79,7 @@ def rig(
         config = write_config(
             tmp_path / "unit",
             port=port,
+            allowed_callers=allowed_callers,
             destinations=destination_toml(
                 "pacs",
                 "PACS",
@@ -174,6 +181,16 @@ def test_reports_from_strangers_are_refused_and_unknown_transactions_ignored(
         assert "refused: no destination with storage_commitment" in log
         for uid in request.instances:
             assert uid not in log  # no UIDs of objects in the log
+
+
+def test_with_allowed_callers_a_destination_may_report_but_not_store(tmp_path: Path) -> None:
+    with rig(tmp_path, report="new", count=3, allowed_callers=("TESTSCU",)) as r:
+        assert send(r.files, r.port).acknowledged == r.files
+        assert wait_for(lambda: r.states() == {"delivered": 3}, 60), r.states()
+        assert set(r.pacs.answers()) == {0x0000}
+        refused = send(r.files[:1], r.port, calling_ae="PACS")
+        assert refused.statuses == {r.files[0]: 0x0124}
+        assert send(r.files[:1], r.port, calling_ae="OTHER").error  # not admitted at all
 
 
 @pytest.mark.timeout(300)
