@@ -349,7 +349,8 @@ class CommitmentManager:
     def apply_report(self, destination: DimseDestination, report: Report) -> int:
         """Apply a report from ``destination``; answered 0x0000 even when it is ignored."""
         name = destination.name
-        txn = self.ledger.transaction(report.transaction_uid)
+        # Runs in pynetdicom's association threads: read through the journal's connection.
+        txn, items_of = self.ledger.snapshot(report.transaction_uid)
         if txn is None or txn.destination != name:
             log.info(
                 "Storage Commitment report from %s for a transaction this unit did not ask it "
@@ -358,7 +359,7 @@ class CommitmentManager:
                 report.transaction_uid,
             )
             return STATUS_SUCCESS
-        items = {tag: object_id for object_id, _cls, tag in self.ledger.items(txn.uid)}
+        items = {tag: object_id for object_id, _cls, tag in items_of}
         resolution = resolve(report, lambda uid: self.spool.keyring.lookup_tag("sop", uid), items)
         reasons = {code: failure_words(name, code) for _oid, code in resolution.failed}
         applied = self.ledger.apply(txn.uid, resolution, reasons)

@@ -84,14 +84,25 @@ class CommitmentLedger:
         )
         return int(row[0]), row[1], row[2]
 
-    def transaction(self, uid: str) -> Transaction | None:
-        """One transaction, or None when this unit never made it."""
+    def transaction(self, uid: str, conn: sqlite3.Connection | None = None) -> Transaction | None:
+        """One transaction, or None when this unit never made it. ``conn``: read there
+        instead of on this thread's reader connection."""
         row = (
-            self.spool.reader_connection()
+            (conn or self.spool.reader_connection())
             .execute(f"SELECT {_TXN_COLUMNS} FROM commitments WHERE transaction_uid = ?", (uid,))
             .fetchone()
         )
         return Transaction(*row) if row else None
+
+    def snapshot(self, uid: str) -> tuple[Transaction | None, list[tuple[str, str, bytes]]]:
+        """A transaction and its items, read by the journal's own connection.
+
+        For pynetdicom's short-lived association threads (reports): a reader connection of
+        their own would stay open after the thread ends."""
+        result: tuple[Transaction | None, list[tuple[str, str, bytes]]] = self.journal.run(
+            lambda conn: (self.transaction(uid, conn), self.items(uid, conn))
+        )
+        return result
 
     def open_transactions(self, destination: str) -> list[Transaction]:
         """Requests still requesting or waiting, oldest first."""
@@ -102,9 +113,11 @@ class CommitmentLedger:
         )
         return [Transaction(*row) for row in rows]
 
-    def items(self, uid: str) -> list[tuple[str, str, bytes]]:
+    def items(
+        self, uid: str, conn: sqlite3.Connection | None = None
+    ) -> list[tuple[str, str, bytes]]:
         """The transaction's objects still committing: (object id, SOP class, keyed SOP tag)."""
-        rows = self.spool.reader_connection().execute(
+        rows = (conn or self.spool.reader_connection()).execute(
             "SELECT o.id, o.sop_class_uid, o.sop_tag FROM commitment_items i"
             " JOIN commitments c ON c.transaction_uid = i.transaction_uid"
             " JOIN objects o ON o.id = i.object_id"
