@@ -114,7 +114,7 @@ def test_report_on_the_same_association_makes_objects_delivered(tmp_path: Path) 
 def test_failed_references_are_sent_again_and_committed_later(tmp_path: Path) -> None:
     with rig(tmp_path, report="new", count=6) as r:
         bad = uids(r.files)[2]
-        r.pacs._fail_once.add(bad)
+        r.pacs.fail_next(bad)
         assert send(r.files, r.port).acknowledged == r.files
         assert wait_for(lambda: r.states() == {"delivered": len(r.files)}, 90), r.states()
         assert r.pacs.receive_count(bad) == 2  # sent again after the failure report

@@ -67,6 +67,11 @@ class CommitmentSCP(ScriptedSCP):
     def _handlers(self) -> list[EventHandlerType]:
         return [*super()._handlers(), (evt.EVT_N_ACTION, self._on_action)]
 
+    def fail_next(self, sop_instance_uid: str) -> None:
+        """Report this instance failed (0x0110) the next time it is asked about."""
+        with self._lock:
+            self._fail_once.add(sop_instance_uid)
+
     # -- observations ------------------------------------------------------------------------
     def requests(self) -> list[CommitRequest]:
         """N-ACTIONs received so far."""
