@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from pydicom.dataset import Dataset
 
+from router.config.model import DimseDestination
 from router.core.commitment import (
     BadReport,
     Reference,
@@ -24,6 +25,7 @@ from router.core.commitment import (
     resolve,
 )
 from router.core.retry import Classification
+from router.delivery.commitment import CommitmentManager
 from router.delivery.commitment_ledger import CommitmentLedger
 from router.delivery.queue import DeliveryQueue
 from router.spool.recovery import recover
@@ -254,4 +256,29 @@ def test_a_version_2_journal_is_upgraded(tmp_path: Path) -> None:
     assert int(row[0]) == SCHEMA_VERSION == 3
     assert CommitmentLedger(spool).unrequested("pacs") == (0, None, None)
     assert len(states(spool)) == 1
+    spool.close()
+
+
+def test_only_commitment_destinations_may_report_by_ae_title_and_address(tmp_path: Path) -> None:
+    def dest(name: str, ae: str, host: str, commit: bool) -> DimseDestination:
+        return DimseDestination(
+            name=name, type="dimse", ae_title=ae, host=host, port=104, storage_commitment=commit
+        )
+
+    spool = open_spool(tmp_path)
+    manager = CommitmentManager(
+        [
+            dest("pacs", "PACS", "127.0.0.1", True),
+            dest("far", "FAR", "10.255.0.1", True),
+            dest("plain", "PLAIN", "127.0.0.1", False),
+        ],
+        unit_ae="WAYSTATION",
+        spool=spool,
+    )
+    assert manager.report_callers == ["FAR", "PACS"]
+    found = manager._sender("PACS", "127.0.0.1")
+    assert found is not None and found.name == "pacs"
+    assert manager._sender("PACS", "127.0.0.2") is None  # right AE title, wrong address
+    assert manager._sender("FAR", "127.0.0.1") is None
+    assert manager._sender("PLAIN", "127.0.0.1") is None  # no storage_commitment
     spool.close()
