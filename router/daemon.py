@@ -62,7 +62,8 @@ class Router:
                 unit_ae=config.unit.ae_title,
                 spool=self.spool,
                 policy=policy,
-                timeouts=timeouts,
+                connect_timeout=delivery.connect_timeout,
+                response_timeout=delivery.response_timeout,
             )
         self.ingest = IngestServer(
             config.ingest,

@@ -47,7 +47,6 @@ from router.core.commitment import (
 )
 from router.core.retry import BackoffPolicy
 from router.delivery.commitment_ledger import CommitmentLedger, Transaction
-from router.delivery.dimse import Timeouts
 from router.ingest import pynetdicom_setup
 from router.spool.spool import Spool
 
@@ -94,7 +93,8 @@ class CommitmentManager:
         unit_ae: str,
         spool: Spool,
         policy: BackoffPolicy | None = None,
-        timeouts: Timeouts | None = None,
+        connect_timeout: float = 15.0,
+        response_timeout: float = 30.0,
         same_association_wait: float = _SAME_ASSOCIATION_WAIT,
     ) -> None:
         pynetdicom_setup.configure()
@@ -103,7 +103,10 @@ class CommitmentManager:
         self.spool = spool
         self.ledger = CommitmentLedger(spool)
         self.policy = policy or BackoffPolicy()
-        self.timeouts = timeouts or Timeouts()
+        # Plain numbers (delivery.connect_timeout, response_timeout): independent of the
+        # C-STORE sender's own types.
+        self.connect_timeout = connect_timeout
+        self.response_timeout = response_timeout
         self.same_association_wait = same_association_wait
         self.status = {name: CommitmentStatus(name) for name in self.destinations}
         self._stop = threading.Event()
@@ -238,10 +241,10 @@ class CommitmentManager:
         """Send the N-ACTION; returns "" when the destination accepted it, else the problem."""
         name = destination.name
         ae = AE(ae_title=self.unit_ae)
-        ae.acse_timeout = self.timeouts.connect
-        ae.connection_timeout = self.timeouts.connect
-        ae.network_timeout = self.timeouts.response_base
-        ae.dimse_timeout = self.timeouts.response_base
+        ae.acse_timeout = self.connect_timeout
+        ae.connection_timeout = self.connect_timeout
+        ae.network_timeout = self.response_timeout
+        ae.dimse_timeout = self.response_timeout
         ae.add_requested_context(
             STORAGE_COMMITMENT_PUSH_MODEL, [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
         )
