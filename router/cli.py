@@ -220,6 +220,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     route_test.add_argument("files", nargs="+", type=Path, metavar="FILE")
     route_test.set_defaults(func=cmd_route_test)
+
+    from router.control.commands import add_commands
+
+    add_commands(sub)
     return parser
 
 

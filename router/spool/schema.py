@@ -282,6 +282,8 @@ UPDATE studies SET
         WHERE s.study_tag = studies.study_tag AND s.state = 'delivered'), 0),
     failed = coalesce((SELECT sum(n) FROM study_deliveries s
         WHERE s.study_tag = studies.study_tag AND s.state = 'failed'), 0),
+    discarded = coalesce((SELECT sum(n) FROM study_deliveries s
+        WHERE s.study_tag = studies.study_tag AND s.state = 'discarded'), 0),
     last_delivered_at = (SELECT max(d.updated_at) FROM deliveries d JOIN objects o
         ON o.id = d.object_id WHERE o.study_tag = studies.study_tag AND d.state = 'delivered');
 UPDATE studies SET meta = x'' WHERE meta IS NULL OR held = 0 AND NOT EXISTS (
