@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 import time
 from collections.abc import Sequence
 from datetime import datetime
@@ -52,6 +53,20 @@ def size(count: int) -> str:
     return f"{value:.1f} TiB"
 
 
+def wrap(text: str, indent: str = "") -> str:
+    """Free text (banners, reasons) folded at 80 columns."""
+    return textwrap.fill(text, WIDTH, subsequent_indent=indent) + "\n"
+
+
+def days(value: float | None) -> str:
+    """Days of spool left, as a person would say it."""
+    if value is None:
+        return ""
+    if value > 365:
+        return ", more than a year left at today's rate"
+    return f", about {value:g} days left at today's rate"
+
+
 def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     """Columns as wide as their widest cell; the last column is cut to fit 80 columns."""
     if not rows:
@@ -87,14 +102,13 @@ def destinations(views: Sequence[DestinationView]) -> str:
     )
     for v in views:
         if v.reason:
-            text += f"{v.name}: {v.reason}\n"
+            text += wrap(f"{v.name}: {v.reason}", "  ")
     return text
 
 
 def status(unit: UnitStatus) -> str:
     """The CLI's status page: banner first, then the unit, destinations, spool and alarms."""
     spool = unit.spool
-    days = f", about {spool.days_left:g} days left at today's rate" if spool.days_left else ""
     lines = [
         unit.banner.text,
         "",
@@ -103,13 +117,14 @@ def status(unit: UnitStatus) -> str:
         f"today: {unit.received_today} studies received, {unit.delivered_today} delivered; "
         f"last received {when(unit.last_received_at)}",
         f"spool: {spool.held_objects} objects held ({size(spool.held_bytes)}), "
-        f"{size(spool.free_bytes)} free{days}",
+        f"{size(spool.free_bytes)} free{days(spool.days_left)}",
     ]
     if unit.unrouted:
         lines.append(f"unrouted: {unit.unrouted} objects matched no route (kept, sent nowhere)")
-    text = "\n".join(lines) + "\n\n" + destinations(unit.destinations)
+    text = "".join(wrap(line, "  ") if line else "\n" for line in lines)
+    text += "\n" + destinations(unit.destinations)
     for alarm in unit.alarms:
-        text += f"ALARM {alarm.code}: {alarm.message} (since {when(alarm.raised_at)})\n"
+        text += wrap(f"ALARM {alarm.code}: {alarm.message} (since {when(alarm.raised_at)})", "  ")
     return text
 
 
@@ -138,8 +153,8 @@ def history(events: Sequence[HistoryEvent], *, with_object: bool = False) -> str
     for e in events:
         detail = ", ".join(f"{k}={v}" for k, v in sorted(e.detail.items()))
         who = f"{e.object_id[:12]}  " if with_object else ""
-        lines.append(f"{when(e.at)}  {who}{e.event}  {detail}".rstrip())
-    return "\n".join(lines) + "\n"
+        lines.append(wrap(f"{when(e.at)}  {who}{e.event}  {detail}".rstrip(), " " * 10))
+    return "".join(lines)
 
 
 def study(detail: StudyDetail) -> str:

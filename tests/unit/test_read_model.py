@@ -120,6 +120,18 @@ def exercise(spool: Spool) -> None:
     delivered = queue.claim("pacs", 10)
     for item in delivered[:2]:
         queue.record("pacs", item, Classification("delivered", "ok", 0)).result()
+    # An UPSERT (the operator's resend): new copies and reset ones, in one statement.
+    for destination in ("pacs", "archive"):
+        spool.journal.run(
+            lambda c, d=destination: c.execute(  # type: ignore[misc]
+                "INSERT INTO deliveries(object_id, destination, rule, priority, send, state,"
+                " updated_at) SELECT id, ?, 'resend', 2, 'object', 'pending', 0 FROM objects"
+                " WHERE state = 'held' ORDER BY rowid LIMIT 3"
+                " ON CONFLICT(object_id, destination) DO UPDATE SET state = 'pending'"
+                " WHERE deliveries.state != 'inflight'",
+                (d,),
+            )
+        )
     expire(spool, 0, now=time.time() + 1)
 
 
