@@ -12,6 +12,7 @@ what the socket adds. Target (issue 4): under 50 ms at p99.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import random
@@ -212,6 +213,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> Results:
         )
         server = ControlServer(root / "control.sock", ctx)
         server.start()
+        gc.freeze()  # as router/daemon.py does once started
         client = ControlClient(root / "control.sock")
         count = spool.reader_connection().execute("SELECT count(*) FROM studies").fetchone()[0]
         results = Results(

@@ -39,6 +39,10 @@ _MAX_BODY = 64 * 1024
 _SUN_PATH_MAX = 100
 
 
+class SocketInUse(OSError):
+    """Another router answers on the control socket: this one must not start."""
+
+
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: ControlServer
@@ -197,7 +201,7 @@ def _clear_stale(path: Path) -> None:
         return
     finally:
         probe.close()
-    raise OSError(f"another router is serving the control API on {path}")
+    raise SocketInUse(f"another router is serving the control API on {path}")
 
 
 def _restrict(path: Path, group: str) -> None:
