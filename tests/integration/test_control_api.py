@@ -393,3 +393,24 @@ def test_a_second_router_on_the_same_socket_refuses_to_start_and_a_stale_one_is_
     assert socket_path.exists()  # left behind by kill -9...
     with RouterProcess(first) as router:  # ...and replaced at the next start
         assert router.client().status().banner.level == "ok"
+
+
+def test_a_full_spool_shows_as_an_alarm_the_banner_and_the_spool_health(tmp_path: Path) -> None:
+    directory = tmp_path / "unit"
+    directory.mkdir()
+    port = free_port()
+    config = write_config(directory, port=port, min_free="1000 TiB")
+    with RouterProcess(config) as router:
+        client = router.client()
+        refused = send(studies_of(tmp_path, 1, 1), port)
+        assert not refused.acknowledged
+        assert wait_for(lambda: bool(client.alarms()))
+        [alarm] = client.alarms()
+        assert alarm.code == "spool-full"
+        status = client.status()
+        assert status.banner.level == "attention"
+        assert status.banner.text == f"ATTENTION: {alarm.message}"
+        assert [a.code for a in status.alarms] == ["spool-full"]
+        [spool] = [h for h in status.health if h.name == "spool"]
+        assert spool.state == "fault"
+        assert status.spool.free_bytes < status.spool.min_free_bytes
