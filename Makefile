@@ -58,7 +58,8 @@ soak: deps $(STAMP)
 
 ## Benchmarks against DCMTK and Orthanc in the same run; writes docs/benchmarks.md.
 bench: deps $(STAMP)
-	$(PY) -m bench.ingest --out docs/benchmarks.md && $(PY) -m bench.delivery --out docs/benchmarks.md
+	$(PY) -m bench.ingest --out docs/benchmarks.md && $(PY) -m bench.delivery --out docs/benchmarks.md \
+	  && $(PY) -m bench.control --out docs/benchmarks.md
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

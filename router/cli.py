@@ -54,6 +54,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(
             "Send a first study with DCMTK:\n"
             f"  storescu -aec {config.unit.ae_title} {ingest.host} {router.ingest.port} FILE.dcm\n"
+            "See where everything stands:  waystation status   (another terminal)\n"
             "Check what is held:  waystation spool verify   (Ctrl-C stops the router)",
             flush=True,
         )
@@ -220,6 +221,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     route_test.add_argument("files", nargs="+", type=Path, metavar="FILE")
     route_test.set_defaults(func=cmd_route_test)
+
+    from router.control.commands import add_commands
+
+    add_commands(sub)
     return parser
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 import time
@@ -11,6 +12,9 @@ from datetime import datetime
 from router.alarms import Alarms
 from router.config.model import Config
 from router.config.rules import build_rules
+from router.control.auth import PinStore
+from router.control.context import ControlContext, ReaderPool
+from router.control.server import ControlServer, SocketInUse
 from router.core.objects import ObjectAttributes, PlannedDelivery, Source
 from router.core.retry import BackoffPolicy
 from router.core.routing import plan, wanted_keywords
@@ -18,6 +22,7 @@ from router.delivery.commitment import CommitmentManager
 from router.delivery.dimse import Timeouts
 from router.delivery.queue import DeliveryQueue
 from router.delivery.worker import DestinationWorker
+from router.errors import ControlSocketError
 from router.ingest.scp import IngestServer
 from router.spool.recovery import RecoveryReport, recover
 from router.spool.retention import expire
@@ -94,6 +99,9 @@ class Router:
             for destination in config.destinations
         }
 
+        self.started_at = time.time()
+        self.control: ControlServer | None = None
+
     def _plan(self, attributes: ObjectAttributes, source: Source) -> list[PlannedDelivery]:
         first = self.config.routing.mode == "first"
         # Time windows are in the unit's local time, as people at the site read the clock.
@@ -106,17 +114,54 @@ class Router:
                 worker.wake()
 
     def start(self) -> None:
-        """Start receiving and delivering."""
+        """Start receiving and delivering, and serve the control API."""
+        # The control socket first: if another router already answers on it, this one must
+        # not start receiving (two routers on one spool would send everything twice).
+        context = ControlContext(
+            config=self.config,
+            spool=self.spool,
+            queue=self.queue,
+            workers=self.workers,
+            alarms=self.alarms,
+            pins=PinStore(self.config.pin_file),
+            readers=ReaderPool(self.spool),
+            started_at=self.started_at,
+        )
+        socket_path = self.config.control_socket
+        try:
+            self.control = ControlServer(socket_path, context)
+        except SocketInUse as exc:
+            context.readers.close()
+            raise ControlSocketError(f"cannot serve the control API: {exc}") from exc
+        except OSError as exc:
+            # Receiving and delivering matter more than the console: run without the API, and
+            # say so loudly (e.g. a file system that cannot hold a socket).
+            context.readers.close()
+            log.error("cannot serve the control API on %s: %s", socket_path, exc)
+            self.alarms.raise_(
+                "control-api-down",
+                f"The control API cannot start ({exc.strerror or exc}); the console and the "
+                "status commands will not work. Check [control] socket.",
+            )
         self.ingest.start()
         for worker in self.workers.values():
             worker.start()
         if self.commitment is not None:
             self.commitment.start()
         self._health.start()
+        if self.control is not None:
+            self.control.start()
+        # Why: pydicom's and pynetdicom's dictionaries are hundreds of thousands of objects that
+        # live as long as the process; each full garbage collection walked them all (~30 ms of
+        # CPU at random moments, in whichever thread allocated). Frozen, they are skipped.
+        gc.freeze()
 
     def stop(self, grace: float = 30.0) -> None:
         """Refuse new associations, let ongoing ones finish for up to ``grace`` seconds, stop."""
         self._stopping.set()
+        if self.control is not None:
+            self.control.stop()  # removes the socket: clients see "not running" at once
+            self.control.ctx.readers.close()
         self.ingest.refuse_new_associations()
         deadline = time.monotonic() + grace
         while self.ingest.ae.active_associations and time.monotonic() < deadline:
