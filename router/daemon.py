@@ -11,12 +11,16 @@ from datetime import datetime
 from router.alarms import Alarms
 from router.config.model import Config
 from router.config.rules import build_rules
+from router.control.auth import PinStore
+from router.control.context import ControlContext, ReaderPool
+from router.control.server import ControlServer
 from router.core.objects import ObjectAttributes, PlannedDelivery, Source
 from router.core.retry import BackoffPolicy
 from router.core.routing import plan, wanted_keywords
 from router.delivery.dimse import Timeouts
 from router.delivery.queue import DeliveryQueue
 from router.delivery.worker import DestinationWorker
+from router.errors import ControlSocketError
 from router.ingest.scp import IngestServer
 from router.spool.recovery import RecoveryReport, recover
 from router.spool.retention import expire
@@ -80,6 +84,9 @@ class Router:
             for destination in config.destinations
         }
 
+        self.started_at = time.time()
+        self.control: ControlServer | None = None
+
     def _plan(self, attributes: ObjectAttributes, source: Source) -> list[PlannedDelivery]:
         first = self.config.routing.mode == "first"
         # Time windows are in the unit's local time, as people at the site read the clock.
@@ -92,15 +99,38 @@ class Router:
                 worker.wake()
 
     def start(self) -> None:
-        """Start receiving and delivering."""
+        """Start receiving and delivering, and serve the control API."""
+        # The control socket first: a unit whose API cannot start (another router holds the
+        # socket) must not start receiving either.
+        context = ControlContext(
+            config=self.config,
+            spool=self.spool,
+            queue=self.queue,
+            workers=self.workers,
+            alarms=self.alarms,
+            pins=PinStore(self.config.pin_file),
+            readers=ReaderPool(self.spool),
+            started_at=self.started_at,
+        )
+        try:
+            self.control = ControlServer(self.config.control_socket, context)
+        except OSError as exc:
+            context.readers.close()
+            raise ControlSocketError(
+                f"cannot serve the control API on {self.config.control_socket}: {exc}"
+            ) from exc
         self.ingest.start()
         for worker in self.workers.values():
             worker.start()
         self._health.start()
+        self.control.start()
 
     def stop(self, grace: float = 30.0) -> None:
         """Refuse new associations, let ongoing ones finish for up to ``grace`` seconds, stop."""
         self._stopping.set()
+        if self.control is not None:
+            self.control.stop()  # removes the socket: clients see "not running" at once
+            self.control.ctx.readers.close()
         self.ingest.refuse_new_associations()
         deadline = time.monotonic() + grace
         while self.ingest.ae.active_associations and time.monotonic() < deadline:

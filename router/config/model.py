@@ -170,6 +170,18 @@ class DeliveryConfig(_Strict):
     connect_timeout: Seconds = Field(default=15.0, ge=1, le=600)
 
 
+class ControlConfig(_Strict):
+    """The control API on a Unix socket (the console, the CLI and scripts use it).
+
+    Only root, the daemon's own user and members of ``operators_group`` may use it."""
+
+    # Default: ``control.sock`` in the state directory (the spool directory's parent).
+    socket: Path | None = None
+    operators_group: str = Field(default="waystation", min_length=1, max_length=32)
+    # The operator PIN's salted hash; default ``operator.pin`` in the state directory.
+    pin_file: Path | None = None
+
+
 Priority = Literal["stat", "urgent", "routine", "bulk"]
 
 
@@ -286,6 +298,7 @@ class Config(_Strict):
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     routing: RoutingConfig = Field(default_factory=RoutingConfig)
     delivery: DeliveryConfig = Field(default_factory=DeliveryConfig)
+    control: ControlConfig = Field(default_factory=ControlConfig)
     destinations: list[DimseDestination] = Field(default_factory=list)
     routes: list[Route] = Field(default_factory=list)
 
@@ -297,4 +310,27 @@ class Config(_Strict):
                 "key_file": (base / self.spool.key_file).resolve() if self.spool.key_file else None,
             }
         )
-        return self.model_copy(update={"spool": spool})
+        control = self.control.model_copy(
+            update={
+                "socket": (base / self.control.socket).resolve() if self.control.socket else None,
+                "pin_file": (base / self.control.pin_file).resolve()
+                if self.control.pin_file
+                else None,
+            }
+        )
+        return self.model_copy(update={"spool": spool, "control": control})
+
+    @property
+    def state_dir(self) -> Path:
+        """The unit's state directory: the spool directory's parent."""
+        return self.spool.path.parent
+
+    @property
+    def control_socket(self) -> Path:
+        """The control API's socket: configured, or ``control.sock`` in the state directory."""
+        return self.control.socket or self.state_dir / "control.sock"
+
+    @property
+    def pin_file(self) -> Path:
+        """The operator PIN's hash file: configured, or ``operator.pin`` in the state dir."""
+        return self.control.pin_file or self.state_dir / "operator.pin"

@@ -23,6 +23,10 @@ Endpoints (HTTP/1.1 + JSON on the daemon's Unix socket, all under ``/v1``):
     POST /v1/studies/{study_id}/priority     ActionRequest(priority) -> ActionResult
     POST /v1/studies/{study_id}/resend       ActionRequest(destination, pin) -> ActionResult
     POST /v1/studies/{study_id}/discard      ActionRequest(reason, pin) -> ActionResult
+    POST /v1/pin/check                       ActionRequest(pin) -> {"ok": bool}
+
+Reads that may show patient data (studies, study detail) unmask it only when the request
+carries the operator PIN in the ``X-Waystation-PIN`` header.
 
 Errors answer 4xx/5xx with an ApiError body.
 """

@@ -25,7 +25,7 @@ WHERE o.state IN ('held', 'superseded') AND o.received_at < :cutoff
   AND EXISTS (SELECT 1 FROM deliveries d WHERE d.object_id = o.id)
   AND NOT EXISTS (
     SELECT 1 FROM deliveries d WHERE d.object_id = o.id
-    AND (d.state NOT IN ('delivered', 'cancelled') OR d.updated_at >= :cutoff))
+    AND (d.state NOT IN ('delivered', 'cancelled', 'discarded') OR d.updated_at >= :cutoff))
 LIMIT :limit
 """
 
