@@ -177,14 +177,8 @@ def cmd_console(args: argparse.Namespace) -> int:
     """The technician's console. Imported lazily: the router itself never loads Textual."""
     from tui.main import run
 
-    socket = args.socket or _control_socket(_config(args.config))
+    socket = args.socket or _config(args.config).control_socket
     return run(str(socket), relock_seconds=args.relock)
-
-
-def _control_socket(config: Config) -> Path:
-    # The control section arrives with the control API; until then, its documented default.
-    control = getattr(config, "control", None)
-    return Path(getattr(control, "socket", "/run/waystation/control.sock"))
 
 
 def build_parser() -> argparse.ArgumentParser:

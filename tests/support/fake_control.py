@@ -32,7 +32,7 @@ from router.control.schema import (
 )
 
 NOW = 1795773600.0  # 2026-11-27 10:00:00 UTC
-PIN = "4321"
+PIN = "2468"
 GB = 1024**3
 MIN = 60.0
 

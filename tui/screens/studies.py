@@ -17,7 +17,12 @@ from tui.source import ControlSource
 from tui.text import clock_time, mask
 
 STATES: tuple[str | None, ...] = (None, "sending", "waiting", "failed", "unrouted", "delivered")
-SORTS = (("-last_received", "newest first"), ("last_received", "oldest first"))
+SORTS = (
+    ("-last_received", "newest first"),
+    ("last_received", "oldest first"),
+    ("state", "by state"),
+    ("-objects", "most objects first"),
+)
 PRIORITY_FLAGS = {"stat": "*STAT*", "urgent": "URGENT", "routine": "", "bulk": "bulk"}
 COLUMNS = ("Priority", "State", "Patient", "Date", "Mod", "Obj", "Received", "Description")
 
@@ -40,6 +45,7 @@ class StudiesScreen(ConsoleScreen):
     """The studies list; Enter opens a study with every object's history."""
 
     TITLE_TEXT = "Studies"
+    AUTO_FOCUS = "#table"
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("enter", "open", "Open", key_display="Enter"),
         Binding("slash", "search", "Search", key_display="/"),
