@@ -241,6 +241,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="lock again after this many seconds without a key press (default 120)",
     )
     console.set_defaults(func=cmd_console)
+
+    from router.control.commands import add_commands
+
+    add_commands(sub)
     return parser
 
 

@@ -77,6 +77,8 @@ CREATE TABLE IF NOT EXISTS alarms(
 );
 """
 
+# Why no INSERT OR IGNORE in the triggers below: a statement's own conflict clause (an UPSERT
+# such as the operator's resend) overrides those inside the triggers it fires.
 # Version 3: the control API's read model and the operators' audit log. The read model is
 # kept by triggers inside the same transactions that change objects and deliveries (ingest,
 # claims, outcomes, recovery, retention, operator actions), so it can never disagree with
@@ -136,10 +138,11 @@ CREATE INDEX IF NOT EXISTS objects_received ON objects(received_at, size);
 CREATE INDEX IF NOT EXISTS deliveries_done ON deliveries(state, updated_at);
 
 CREATE TRIGGER IF NOT EXISTS objects_read_model_insert AFTER INSERT ON objects BEGIN
-    INSERT OR IGNORE INTO studies(study_tag, study_id, meta_object, meta,
+    INSERT INTO studies(study_tag, study_id, meta_object, meta,
         first_received_at, last_received_at)
-    VALUES (NEW.study_tag, lower(hex(NEW.study_tag)), NEW.id, NEW.meta,
-        NEW.received_at, NEW.received_at);
+    SELECT NEW.study_tag, lower(hex(NEW.study_tag)), NEW.id, NEW.meta,
+        NEW.received_at, NEW.received_at
+    WHERE NOT EXISTS (SELECT 1 FROM studies WHERE study_tag = NEW.study_tag);
     UPDATE studies SET meta_object = NEW.id, meta = NEW.meta,
         held = held + (NEW.state = 'held'),
         last_received_at = max(last_received_at, NEW.received_at),
@@ -172,9 +175,12 @@ WHEN NEW.meta = x'' BEGIN
 END;
 
 CREATE TRIGGER IF NOT EXISTS deliveries_read_model_insert AFTER INSERT ON deliveries BEGIN
-    INSERT OR IGNORE INTO study_deliveries(study_tag, destination, state, priority, n)
-    VALUES ((SELECT study_tag FROM objects WHERE id = NEW.object_id), NEW.destination,
-        NEW.state, NEW.priority, 0);
+    INSERT INTO study_deliveries(study_tag, destination, state, priority, n)
+    SELECT o.study_tag, NEW.destination, NEW.state, NEW.priority, 0
+    FROM objects o WHERE o.id = NEW.object_id AND NOT EXISTS (
+        SELECT 1 FROM study_deliveries s WHERE s.study_tag = o.study_tag
+        AND s.destination = NEW.destination AND s.state = NEW.state
+        AND s.priority = NEW.priority);
     UPDATE study_deliveries SET n = n + 1
     WHERE study_tag = (SELECT study_tag FROM objects WHERE id = NEW.object_id)
       AND destination = NEW.destination AND state = NEW.state AND priority = NEW.priority;
@@ -193,9 +199,12 @@ WHEN OLD.state != NEW.state OR OLD.priority != NEW.priority BEGIN
     UPDATE study_deliveries SET n = n - 1
     WHERE study_tag = (SELECT study_tag FROM objects WHERE id = OLD.object_id)
       AND destination = OLD.destination AND state = OLD.state AND priority = OLD.priority;
-    INSERT OR IGNORE INTO study_deliveries(study_tag, destination, state, priority, n)
-    VALUES ((SELECT study_tag FROM objects WHERE id = NEW.object_id), NEW.destination,
-        NEW.state, NEW.priority, 0);
+    INSERT INTO study_deliveries(study_tag, destination, state, priority, n)
+    SELECT o.study_tag, NEW.destination, NEW.state, NEW.priority, 0
+    FROM objects o WHERE o.id = NEW.object_id AND NOT EXISTS (
+        SELECT 1 FROM study_deliveries s WHERE s.study_tag = o.study_tag
+        AND s.destination = NEW.destination AND s.state = NEW.state
+        AND s.priority = NEW.priority);
     UPDATE study_deliveries SET n = n + 1
     WHERE study_tag = (SELECT study_tag FROM objects WHERE id = NEW.object_id)
       AND destination = NEW.destination AND state = NEW.state AND priority = NEW.priority;
@@ -214,7 +223,8 @@ CREATE TRIGGER IF NOT EXISTS deliveries_read_model_outcome
 AFTER UPDATE OF state, last_error ON deliveries
 WHEN (NEW.state = 'delivered' AND OLD.state != 'delivered')
   OR (NEW.last_error IS NOT NULL AND NEW.state != 'delivered') BEGIN
-    INSERT OR IGNORE INTO destination_stats(name) VALUES (NEW.destination);
+    INSERT INTO destination_stats(name) SELECT NEW.destination
+    WHERE NOT EXISTS (SELECT 1 FROM destination_stats WHERE name = NEW.destination);
     UPDATE destination_stats SET
         last_delivered_at = CASE WHEN NEW.state = 'delivered'
             THEN NEW.updated_at ELSE last_delivered_at END,
@@ -282,6 +292,8 @@ UPDATE studies SET
         WHERE s.study_tag = studies.study_tag AND s.state = 'delivered'), 0),
     failed = coalesce((SELECT sum(n) FROM study_deliveries s
         WHERE s.study_tag = studies.study_tag AND s.state = 'failed'), 0),
+    discarded = coalesce((SELECT sum(n) FROM study_deliveries s
+        WHERE s.study_tag = studies.study_tag AND s.state = 'discarded'), 0),
     last_delivered_at = (SELECT max(d.updated_at) FROM deliveries d JOIN objects o
         ON o.id = d.object_id WHERE o.study_tag = studies.study_tag AND d.state = 'delivered');
 UPDATE studies SET meta = x'' WHERE meta IS NULL OR held = 0 AND NOT EXISTS (
