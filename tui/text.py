@@ -92,14 +92,24 @@ def spool_line(spool: SpoolUsage) -> str:
         spool.days_left is not None and spool.days_left < 2
     ):
         text = "DISK NEARLY FULL. " + text
+    return text
+
+
+def outlook_line(spool: SpoolUsage) -> str:
+    """How long the space lasts at today's rate, and what the unit holds."""
+    held = f"{plural(spool.held_objects, 'object')} held ({size(spool.held_bytes)})"
     if spool.days_left is None:
-        return text + "; no studies today to estimate days left"
-    return text + f"; about {spool.days_left:.0f} days left at today's rate"
+        return f"No studies today to estimate days left. {held}"
+    return f"{days_left(spool.days_left).capitalize()} left at today's rate. {held}"
 
 
-def held_line(spool: SpoolUsage) -> str:
-    """How much this unit holds (until every destination has it, then per retention)."""
-    return f"{plural(spool.held_objects, 'object')} held on this unit ({size(spool.held_bytes)})"
+def days_left(days: float) -> str:
+    """Roughly how long the free space lasts, in words: "less than a day", "about 18 days"."""
+    if days < 1:
+        return "less than a day"
+    if days > 365:
+        return "more than a year"
+    return f"about {plural(round(days), 'day')}"
 
 
 def health_line(items: list[HealthItem]) -> str:

@@ -16,7 +16,7 @@ from tui.text import (
     destination_reason,
     destination_state,
     health_line,
-    held_line,
+    outlook_line,
     plural,
     spool_line,
 )
@@ -57,7 +57,7 @@ class OverviewScreen(ConsoleScreen):
             today += f"\n!! {unrouted} matched no route: see 3 Studies"
         self.query_one("#today", Static).update(today)
         self.query_one("#disk", Static).update(
-            f"Disk: {spool_line(status.spool)}\n      {held_line(status.spool)}"
+            f"Disk: {spool_line(status.spool)}\n      {outlook_line(status.spool)}"
         )
         alarms = f"   Alarms: {len(status.alarms)} (see 4)" if status.alarms else ""
         self.query_one("#health", Static).update(health_line(status.health) + alarms)
