@@ -46,6 +46,11 @@ def describe(exc: Exception) -> str:
     return str(exc) or type(exc).__name__
 
 
+def is_refusal(exc: Exception) -> bool:
+    """The daemon answers but will not serve this user (not an operator): not an outage."""
+    return isinstance(exc, ControlError) and exc.http_status == 403
+
+
 class ConsoleApp(App[None]):
     """The console. ``source`` is the control client (or a fake with the same methods)."""
 
@@ -92,6 +97,7 @@ class ConsoleApp(App[None]):
         self.status: UnitStatus | None = None
         self.fetched_at: float | None = None
         self.lost_reason: str | None = None
+        self.lost_refused = False
         self.pin: str | None = None
         self.last_input_at = clock()
         self._fetching = False
@@ -123,7 +129,7 @@ class ConsoleApp(App[None]):
             try:
                 status = self.source.status()
             except (ControlUnreachable, ControlError) as exc:
-                self.call_from_thread(self._lost, describe(exc))
+                self.call_from_thread(self._lost, describe(exc), refused=is_refusal(exc))
                 return
             data: object = None
             error = ""
@@ -147,8 +153,9 @@ class ConsoleApp(App[None]):
                 screen.show_error(error)
         self.redraw_chrome()
 
-    def _lost(self, reason: str) -> None:
+    def _lost(self, reason: str, *, refused: bool = False) -> None:
         self.lost_reason = reason
+        self.lost_refused = refused
         self.set_class(True, "-lost")
         self.redraw_chrome()
 
@@ -168,7 +175,13 @@ class ConsoleApp(App[None]):
             bar.show(self.status, self.fetched_at, now, locked=self.pin is None)
         if self.lost_reason is not None:
             for panel in screen.query(UnreachablePanel):
-                panel.show(self.lost_reason, self.fetched_at, now, self.socket_label)
+                panel.show(
+                    self.lost_reason,
+                    self.fetched_at,
+                    now,
+                    self.socket_label,
+                    refused=self.lost_refused,
+                )
 
     # -- keys, locking -------------------------------------------------------------------------
 

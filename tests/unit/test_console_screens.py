@@ -6,6 +6,8 @@ from __future__ import annotations
 import pytest
 from textual.pilot import Pilot
 
+from router.control.client import ControlError
+from router.control.schema import ApiError, UnitStatus
 from tests.support.console_pilot import Clock, make_app, press, refresh, run
 from tests.support.console_screen import screen_text
 from tests.support.fake_control import PIN, FakeControl
@@ -106,6 +108,21 @@ def test_unreachable_shows_full_screen_and_recovers_by_itself() -> None:
         assert "Last answer 0 s ago" in text
 
     run(make_app(fake), scenario)
+
+
+def test_a_login_that_is_not_an_operator_is_told_so() -> None:
+    class Refusing(FakeControl):
+        def status(self) -> UnitStatus:
+            raise ControlError(
+                403, ApiError(error="forbidden", message="only operators may use this")
+            )
+
+    async def scenario(pilot: Pilot[None]) -> None:
+        text = screen_text(pilot.app)
+        assert "THIS LOGIN MAY NOT USE THE ROUTER SERVICE" in text
+        assert "only operators may use this" in text and "NOT RESPONDING" not in text
+
+    run(make_app(Refusing()), scenario)
 
 
 def test_every_screen_opens_from_its_key() -> None:

@@ -22,8 +22,26 @@ What to do:
 class UnreachablePanel(Static):
     """Hidden unless the app has the ``-lost`` class; ``show`` fills in the details."""
 
-    def show(self, problem: str, last_answer_at: float | None, now: float, socket: str) -> None:
-        """Redraw with the latest error and when the service last answered."""
+    def show(
+        self,
+        problem: str,
+        last_answer_at: float | None,
+        now: float,
+        socket: str,
+        *,
+        refused: bool = False,
+    ) -> None:
+        """Redraw with the latest error and when the service last answered. ``refused``: the
+        service answers but will not serve this login (not an operator)."""
+        if refused:
+            self.update(
+                "!! THIS LOGIN MAY NOT USE THE ROUTER SERVICE !!\n\n"
+                "The router is running, but it only answers its operators.\n"
+                "Log in as the clinic's operator account, or ask IT to add\n"
+                "this login to the unit's operators group.\n\n"
+                f"For IT: {problem}" + (f" (control socket {socket})" if socket else "")
+            )
+            return
         last = (
             "The service has not answered since this console started."
             if last_answer_at is None
