@@ -105,6 +105,8 @@ class ConsoleApp(App[None]):
     # -- refresh -------------------------------------------------------------------------------
 
     def on_mount(self) -> None:
+        # The terminal's own 16 colours: what the Linux text console has, used as it is.
+        self.theme = "ansi-dark"
         self.set_interval(self.refresh_seconds, self.refresh_data)
         self.set_interval(1.0, self.tick)
 
@@ -128,14 +130,14 @@ class ConsoleApp(App[None]):
         try:
             try:
                 status = self.source.status()
-            except (ControlUnreachable, ControlError) as exc:
+            except Exception as exc:  # any failure to read must show, never freeze the screen
                 self.call_from_thread(self._lost, describe(exc), refused=is_refusal(exc))
                 return
             data: object = None
             error = ""
             try:
                 data = screen.fetch(self.source, pin)
-            except (ControlUnreachable, ControlError) as exc:
+            except Exception as exc:
                 error = describe(exc)
             if not get_current_worker().is_cancelled:
                 self.call_from_thread(self._apply, screen, status, data, error)
