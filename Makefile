@@ -58,7 +58,8 @@ soak: deps $(STAMP)
 
 ## Benchmarks against DCMTK and Orthanc in the same run; writes docs/benchmarks.md.
 bench: deps $(STAMP)
-	$(PY) -m bench.ingest --out docs/benchmarks.md && $(PY) -m bench.delivery --out docs/benchmarks.md
+	$(PY) -m bench.ingest --out docs/benchmarks.md && $(PY) -m bench.delivery --out docs/benchmarks.md \
+	  && $(PY) -m bench.control --out docs/benchmarks.md
 
 ## Re-record the console's snapshots and copy them into the operator guide's pictures.
 console-screenshots: $(STAMP)

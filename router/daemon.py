@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 import time
@@ -13,7 +14,7 @@ from router.config.model import Config
 from router.config.rules import build_rules
 from router.control.auth import PinStore
 from router.control.context import ControlContext, ReaderPool
-from router.control.server import ControlServer
+from router.control.server import ControlServer, SocketInUse
 from router.core.objects import ObjectAttributes, PlannedDelivery, Source
 from router.core.retry import BackoffPolicy
 from router.core.routing import plan, wanted_keywords
@@ -100,8 +101,8 @@ class Router:
 
     def start(self) -> None:
         """Start receiving and delivering, and serve the control API."""
-        # The control socket first: a unit whose API cannot start (another router holds the
-        # socket) must not start receiving either.
+        # The control socket first: if another router already answers on it, this one must
+        # not start receiving (two routers on one spool would send everything twice).
         context = ControlContext(
             config=self.config,
             spool=self.spool,
@@ -112,18 +113,32 @@ class Router:
             readers=ReaderPool(self.spool),
             started_at=self.started_at,
         )
+        socket_path = self.config.control_socket
         try:
-            self.control = ControlServer(self.config.control_socket, context)
-        except OSError as exc:
+            self.control = ControlServer(socket_path, context)
+        except SocketInUse as exc:
             context.readers.close()
-            raise ControlSocketError(
-                f"cannot serve the control API on {self.config.control_socket}: {exc}"
-            ) from exc
+            raise ControlSocketError(f"cannot serve the control API: {exc}") from exc
+        except OSError as exc:
+            # Receiving and delivering matter more than the console: run without the API, and
+            # say so loudly (e.g. a file system that cannot hold a socket).
+            context.readers.close()
+            log.error("cannot serve the control API on %s: %s", socket_path, exc)
+            self.alarms.raise_(
+                "control-api-down",
+                f"The control API cannot start ({exc.strerror or exc}); the console and the "
+                "status commands will not work. Check [control] socket.",
+            )
         self.ingest.start()
         for worker in self.workers.values():
             worker.start()
         self._health.start()
-        self.control.start()
+        if self.control is not None:
+            self.control.start()
+        # Why: pydicom's and pynetdicom's dictionaries are hundreds of thousands of objects that
+        # live as long as the process; each full garbage collection walked them all (~30 ms of
+        # CPU at random moments, in whichever thread allocated). Frozen, they are skipped.
+        gc.freeze()
 
     def stop(self, grace: float = 30.0) -> None:
         """Refuse new associations, let ongoing ones finish for up to ``grace`` seconds, stop."""

@@ -107,6 +107,10 @@ def write_pin(path: Path, pin: str) -> None:
     try:
         os.write(fd, line.encode())
         os.fsync(fd)
+        if os.geteuid() == 0:
+            # Set by root for a router running as its own user: that user must read it.
+            owner = path.parent.stat()
+            os.fchown(fd, owner.st_uid, owner.st_gid)
     finally:
         os.close(fd)
     os.replace(temporary, path)

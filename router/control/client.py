@@ -45,6 +45,7 @@ __all__ = ["ControlClient", "ControlError", "ControlUnreachable"]
 T = TypeVar("T")
 _SUN_PATH_MAX = 100
 PIN_HEADER = "X-Waystation-PIN"
+_ADAPTERS: dict[Any, TypeAdapter[Any]] = {}
 
 
 class ControlUnreachable(Exception):
@@ -108,7 +109,7 @@ class ControlClient:
         query: dict[str, Any] | None = None,
         body: BaseModel | dict[str, Any] | None = None,
         pin: str | None = None,
-    ) -> Any:
+    ) -> bytes:
         url = API_PREFIX + path
         params = {k: v for k, v in (query or {}).items() if v is not None}
         if params:
@@ -135,24 +136,24 @@ class ControlClient:
             ) from exc
         finally:
             connection.close()
-        try:
-            data = json.loads(raw)
-        except ValueError as exc:
-            raise ControlUnreachable(f"the router sent an answer that is not JSON: {exc}") from exc
         if status >= 400:
             try:
-                error = ApiError.model_validate(data)
+                error = ApiError.model_validate_json(raw)
             except ValidationError:
                 error = ApiError(error="unknown", message=f"HTTP {status}")
             raise ControlError(status, error)
-        return data
+        return raw
 
     @staticmethod
-    def _as(kind: type[T], data: Any) -> T:
+    def _as(kind: type[T], raw: bytes) -> T:
+        adapter = _ADAPTERS.get(kind)
+        if adapter is None:
+            adapter = _ADAPTERS[kind] = TypeAdapter(kind)
         try:
-            return TypeAdapter(kind).validate_python(data)
+            result: T = adapter.validate_json(raw)
         except ValidationError as exc:
             raise ControlUnreachable(f"the router's answer does not fit the schema: {exc}") from exc
+        return result
 
     # -- reads -----------------------------------------------------------------------------
 
@@ -259,5 +260,5 @@ class ControlClient:
 
     def check_pin(self, pin: str) -> bool:
         """Whether ``pin`` is the operator PIN (wrong PINs are rate-limited and audited)."""
-        data = self._call("POST", "/pin/check", body=ActionRequest(pin=pin))
+        data = json.loads(self._call("POST", "/pin/check", body=ActionRequest(pin=pin)))
         return bool(isinstance(data, dict) and data.get("ok"))

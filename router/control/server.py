@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from pydantic import BaseModel
+from pydantic import BaseModel, TypeAdapter
 
 from router.control.auth import group_id, is_operator, peer_of
 from router.control.context import ControlContext
@@ -37,6 +37,10 @@ log = logging.getLogger("waystation.control")
 _MAX_BODY = 64 * 1024
 # sun_path holds 108 bytes; longer paths are reached through /proc/self/fd/<dir>/<name>.
 _SUN_PATH_MAX = 100
+
+
+class SocketInUse(OSError):
+    """Another router answers on the control socket: this one must not start."""
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -58,7 +62,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _handle(self, method: str) -> None:
         status, payload = self._answer(method)
-        body = json.dumps(payload).encode()
+        body = _encode(payload)
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
@@ -95,15 +99,14 @@ class _Handler(BaseHTTPRequestHandler):
                 pin=self.headers.get("X-Waystation-PIN", ""),
                 peer=peer,
             )
-            result = dispatch(self.server.ctx, self.server.actions, request)
-            return 200, _jsonable(result)
+            return 200, dispatch(self.server.ctx, self.server.actions, request)
         except ApiFailure as failure:
             error = ApiError(error=failure.code, message=failure.message, hint=failure.hint)
-            return failure.status, error.model_dump()
+            return failure.status, error
         except Exception:
             log.exception("control API: %s %s failed", method, urlsplit(self.path).path)
             error = ApiError(error="internal", message="the router hit an internal error")
-            return 500, error.model_dump()
+            return 500, error
 
     def _body(self) -> bytes:
         length = int(self.headers.get("Content-Length") or 0)
@@ -115,12 +118,20 @@ class _Handler(BaseHTTPRequestHandler):
         log.debug("control API: " + format, *args)
 
 
-def _jsonable(result: object) -> Any:
+_ADAPTERS: dict[type, TypeAdapter[Any]] = {}
+
+
+def _encode(result: object) -> bytes:
+    """JSON bytes, serialised by pydantic's own encoder (a long study list is the hot path)."""
     if isinstance(result, BaseModel):
-        return result.model_dump(mode="json")
-    if isinstance(result, list):
-        return [_jsonable(item) for item in result]
-    return result
+        return result.model_dump_json().encode()
+    if isinstance(result, list) and result and isinstance(result[0], BaseModel):
+        kind = type(result[0])
+        adapter = _ADAPTERS.get(kind)
+        if adapter is None:
+            adapter = _ADAPTERS[kind] = TypeAdapter(list[kind])  # type: ignore[valid-type]
+        return adapter.dump_json(result)
+    return json.dumps(result).encode()
 
 
 class ControlServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
@@ -190,7 +201,7 @@ def _clear_stale(path: Path) -> None:
         return
     finally:
         probe.close()
-    raise OSError(f"another router is serving the control API on {path}")
+    raise SocketInUse(f"another router is serving the control API on {path}")
 
 
 def _restrict(path: Path, group: str) -> None:

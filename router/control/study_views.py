@@ -167,8 +167,10 @@ def studies(
         # Masked: only what is not patient data can be searched.
         where.append("(study_id LIKE ? OR instr(',' || modalities || ',', ?))")
         args += [query.lower() + "%", "," + query.upper() + ","]
-    descending = sort.startswith("-")
-    order = f"{SORTS[sort.lstrip('-')]} {'DESC' if descending else 'ASC'}, study_tag"
+    direction = "DESC" if sort.startswith("-") else "ASC"
+    # rowid as the tie-break: it is the last column of every index, so the newest-first list
+    # walks studies_last without sorting.
+    order = f"{SORTS[sort.lstrip('-')]} {direction}, rowid {direction}"
     page = (_SEARCH_WINDOW, 0) if search_in_python else (limit, offset)
     rows = conn.execute(
         f"SELECT {_COLUMNS} FROM studies WHERE {' AND '.join(where)}"

@@ -135,7 +135,6 @@ CREATE TABLE IF NOT EXISTS spool_totals(
 );
 INSERT OR IGNORE INTO spool_totals(id) VALUES (1);
 CREATE INDEX IF NOT EXISTS objects_received ON objects(received_at, size);
-CREATE INDEX IF NOT EXISTS deliveries_done ON deliveries(state, updated_at);
 
 CREATE TRIGGER IF NOT EXISTS objects_read_model_insert AFTER INSERT ON objects BEGIN
     INSERT INTO studies(study_tag, study_id, meta_object, meta,
@@ -199,6 +198,11 @@ WHEN OLD.state != NEW.state OR OLD.priority != NEW.priority BEGIN
     UPDATE study_deliveries SET n = n - 1
     WHERE study_tag = (SELECT study_tag FROM objects WHERE id = OLD.object_id)
       AND destination = OLD.destination AND state = OLD.state AND priority = OLD.priority;
+    -- Empty rows go, so the undelivered ranges of the index stay as small as the backlog.
+    DELETE FROM study_deliveries
+    WHERE study_tag = (SELECT study_tag FROM objects WHERE id = OLD.object_id)
+      AND destination = OLD.destination AND state = OLD.state AND priority = OLD.priority
+      AND n <= 0;
     INSERT INTO study_deliveries(study_tag, destination, state, priority, n)
     SELECT o.study_tag, NEW.destination, NEW.state, NEW.priority, 0
     FROM objects o WHERE o.id = NEW.object_id AND NOT EXISTS (
@@ -238,6 +242,11 @@ CREATE TRIGGER IF NOT EXISTS deliveries_read_model_delete AFTER DELETE ON delive
     UPDATE study_deliveries SET n = n - 1
     WHERE study_tag = (SELECT study_tag FROM objects WHERE id = OLD.object_id)
       AND destination = OLD.destination AND state = OLD.state AND priority = OLD.priority;
+    -- Empty rows go, so the undelivered ranges of the index stay as small as the backlog.
+    DELETE FROM study_deliveries
+    WHERE study_tag = (SELECT study_tag FROM objects WHERE id = OLD.object_id)
+      AND destination = OLD.destination AND state = OLD.state AND priority = OLD.priority
+      AND n <= 0;
     UPDATE studies SET
         pending = pending - (OLD.state = 'pending'),
         inflight = inflight - (OLD.state = 'inflight'),

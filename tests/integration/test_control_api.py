@@ -375,3 +375,21 @@ def test_bad_requests_get_clear_errors(tmp_path: Path) -> None:
         assert any(o.startswith("refused: too-many-attempts") for o in outcomes)
     with pytest.raises(ControlUnreachable):
         ControlClient(path).status()
+
+
+def test_a_second_router_on_the_same_socket_refuses_to_start_and_a_stale_one_is_replaced(
+    tmp_path: Path,
+) -> None:
+    first, _ = unit(tmp_path, free_port(), name="first")
+    socket_path = tmp_path / "first" / "control.sock"
+    second, _ = unit(
+        tmp_path, free_port(), name="second", extra=f'\n[control]\nsocket = "{socket_path}"\n'
+    )
+    with RouterProcess(first) as router:
+        with pytest.raises(RuntimeError, match="another router is serving the control API"):
+            RouterProcess(second).start()
+        assert router.client().status().unit_name == "test-unit"  # the first one goes on
+        router.kill9()
+    assert socket_path.exists()  # left behind by kill -9...
+    with RouterProcess(first) as router:  # ...and replaced at the next start
+        assert router.client().status().banner.level == "ok"

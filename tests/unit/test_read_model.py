@@ -126,7 +126,7 @@ def exercise(spool: Spool) -> None:
             lambda c, d=destination: c.execute(  # type: ignore[misc]
                 "INSERT INTO deliveries(object_id, destination, rule, priority, send, state,"
                 " updated_at) SELECT id, ?, 'resend', 2, 'object', 'pending', 0 FROM objects"
-                " WHERE state = 'held' ORDER BY rowid LIMIT 3"
+                " WHERE state = 'held' ORDER BY rowid DESC LIMIT 2"
                 " ON CONFLICT(object_id, destination) DO UPDATE SET state = 'pending'"
                 " WHERE deliveries.state != 'inflight'",
                 (d,),
