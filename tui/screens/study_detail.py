@@ -101,7 +101,8 @@ class StudyDetailScreen(ConsoleScreen):
         question = (
             f"DISCARD study {wording.study_label(summary)}?\n"
             f"Its {plural(waiting, 'copy', 'copies')} not yet delivered will never be sent, "
-            "and the study is deleted from this unit. This cannot be undone."
+            "and its objects are deleted from this unit after the retention time. "
+            "This cannot be undone."
         )
 
         def with_pin(answer: PinAnswer | None) -> None:
