@@ -101,7 +101,7 @@ class StudyDetailScreen(ConsoleScreen):
         question = (
             f"DISCARD study {wording.study_label(summary)}?\n"
             f"Its {plural(waiting, 'copy', 'copies')} not yet delivered will never be sent, "
-            "and its objects are deleted from this unit after the retention time. "
+            "and its objects are deleted from this unit after the retention time.\n"
             "This cannot be undone."
         )
 
