@@ -132,8 +132,12 @@ def test_actions_against_the_daemon(tmp_path: Path) -> None:
                 # Priority from the studies list.
                 await press(pilot, "3", "p", "1", "y")
                 await refresh(pilot)
+                # The study: every object with its delivery and history, names shown.
+                screen = await press(pilot, "enter")
+                assert "Object 1:" in screen and "Object 2:" in screen
+                assert "-> pacs: DELIVERED" in screen and PATIENT.patient_id in screen
                 # Resend: a wrong PIN is refused by the daemon; the right one queues it again.
-                await press(pilot, "enter", "r", "1", *"1397", "enter")
+                await press(pilot, "r", "1", *"1397", "enter")
                 screen = await press(pilot, "r", "1", *PIN, "enter")
                 assert wait_for(lambda: resent(client), 10), screen
                 assert wait_for(lambda: delivery_states(config).get("delivered") == 2, 60)

@@ -29,6 +29,7 @@ class AuditScreen(ConsoleScreen):
             return
         entries: list[AuditEntry] = sorted(data, key=lambda e: e.seq, reverse=True)
         table = self.query_one(DataTable)
+        row = table.cursor_row
         table.clear()
         for e in entries:
             table.add_row(
@@ -40,3 +41,5 @@ class AuditScreen(ConsoleScreen):
                 e.outcome,
                 e.reason,
             )
+        if entries:
+            table.move_cursor(row=min(row, len(entries) - 1))
