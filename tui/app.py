@@ -153,6 +153,8 @@ class ConsoleApp(App[None]):
             screen.show(status, data)
             if error:
                 screen.show_error(error)
+            else:
+                screen.clear_error()
         self.redraw_chrome()
 
     def _lost(self, reason: str, *, refused: bool = False) -> None:

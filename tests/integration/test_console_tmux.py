@@ -71,3 +71,12 @@ def test_console_in_tmux_follows_a_study_and_a_destination_going_down(tmp_path: 
                 while not tmux.dead() and time.monotonic() < deadline:
                     time.sleep(0.2)
                 assert tmux.dead(), tmux.text()
+
+
+def test_console_in_tmux_with_no_router_says_not_responding(tmp_path: Path) -> None:
+    env = {"TERM": "linux", "PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+    socket = tmp_path / "nobody-here.sock"
+    with TmuxScreen([WAYSTATION, "console", "--socket", str(socket)], env=env) as tmux:
+        screen = tmux.wait_for("ROUTER SERVICE NOT RESPONDING", timeout=30)
+        assert "What to do" in screen
+        assert str(socket) in "".join(screen.split()).replace("║", "")

@@ -10,7 +10,7 @@ from router.control.client import ControlError
 from router.control.schema import ApiError, UnitStatus
 from tests.support.console_pilot import Clock, make_app, press, refresh, run
 from tests.support.console_screen import screen_text
-from tests.support.fake_control import PIN, FakeControl
+from tests.support.fake_control import PIN, STUDIES, FakeControl
 from tui.app import ConsoleApp
 from tui.glyphs import ALLOWED_WITH_BLOCKS
 
@@ -84,8 +84,12 @@ def test_freshness_counts_up_between_refreshes() -> None:
         clock.now += 7
         console(pilot).tick()
         await pilot.pause()
-        assert "updated 7 s ago" in screen_text(pilot.app)
-        assert "updated 0 s ago" in await refresh(pilot)
+        assert "|  updated 7 s ago" in screen_text(pilot.app)
+        clock.now += 5
+        console(pilot).tick()
+        await pilot.pause()
+        assert "!! updated 12 s ago" in screen_text(pilot.app)
+        assert "|  updated 0 s ago" in await refresh(pilot)
 
     run(make_app(FakeControl(), clock=clock), scenario)
 
@@ -335,6 +339,26 @@ def test_discard_asks_pin_and_reason(pin: str, done: bool) -> None:
         assert fake.called("discard") == [("st1", pin, "duplicate")]
         assert ("discard st1: done" in text) is done
         assert ("Wrong PIN: nothing was discarded" in text) is not done
+
+    run(make_app(fake), scenario)
+
+
+def test_a_study_that_is_gone_says_so_once() -> None:
+    fake = FakeControl()
+
+    async def scenario(pilot: Pilot[None]) -> None:
+        await press(pilot, "3", "enter")
+        saved = list(STUDIES)
+        STUDIES.clear()
+        try:
+            text = await refresh(pilot)
+            await refresh(pilot)
+        finally:
+            STUDIES.extend(saved)
+        assert "!! No such study on this unit." in text and "Press Esc" in text
+        assert [n.message for n in pilot.app._notifications].count(
+            "No such study on this unit."
+        ) == 1
 
     run(make_app(fake), scenario)
 

@@ -23,6 +23,7 @@ class ConsoleScreen(Screen[None]):
     """A screen of the console. Subclasses fill ``body`` and may override fetch/show."""
 
     TITLE_TEXT = ""
+    last_error = ""
 
     @property
     def console(self) -> ConsoleApp:
@@ -55,5 +56,12 @@ class ConsoleScreen(Screen[None]):
         """Draw the latest data (``data`` is what ``fetch`` returned, or None)."""
 
     def show_error(self, message: str) -> None:
-        """The screen's own data could not be read; the unit status could."""
-        self.notify(message, title="Could not read", severity="error")
+        """The screen's own data could not be read; the unit status could. Said once, not at
+        every refresh while it lasts."""
+        if message != self.last_error:
+            self.last_error = message
+            self.notify(message, title="Could not read", severity="error")
+
+    def clear_error(self) -> None:
+        """The screen's data was read again."""
+        self.last_error = ""

@@ -51,6 +51,11 @@ class StudyDetailScreen(ConsoleScreen):
             text = study_text(self.detail, status.now, self.console)
             self.query_one("#study", Static).update(text)
 
+    def show_error(self, message: str) -> None:
+        # Typically: the study is no longer on the unit (discarded, then deleted).
+        self.query_one("#study", Static).update(f"!! {message}\n\nPress Esc to go back.")
+        super().show_error(message)
+
     def action_back(self) -> None:
         self.app.pop_screen()
 

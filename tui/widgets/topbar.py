@@ -8,6 +8,8 @@ from textual.widgets import Static
 from router.control.schema import UnitStatus
 from tui.text import ago, banner_line
 
+STALE_AFTER = 10.0  # seconds; refreshes come every 2 s
+
 SCREENS = (
     ("1", "Overview"),
     ("2", "Destinations"),
@@ -46,7 +48,12 @@ class TopBar(Static):
         text.append(nav_line(self.title_text))
         text.append("\n")
         lock = "LOCKED: read only, patient names hidden" if locked else "UNLOCKED: changes allowed"
-        fresh = "waiting for data" if fetched_at is None else f"updated {ago(now - fetched_at)} ago"
+        if fetched_at is None:
+            fresh = "waiting for data"
+        else:
+            age = now - fetched_at
+            # Old data is flagged in words: the numbers on screen may no longer be true.
+            fresh = f"{'!! ' if age >= STALE_AFTER else ''}updated {ago(age)} ago"
         right = f"{lock}  |  {fresh}"
         text.append(self.title_text.upper(), style="bold")
         width = self.size.width or 80
