@@ -54,6 +54,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(
             "Send a first study with DCMTK:\n"
             f"  storescu -aec {config.unit.ae_title} {ingest.host} {router.ingest.port} FILE.dcm\n"
+            "See where everything stands:  waystation status   (another terminal)\n"
             "Check what is held:  waystation spool verify   (Ctrl-C stops the router)",
             flush=True,
         )

@@ -101,6 +101,7 @@ class DestinationView(_Model):
     inflight: int = 0
     failed: int = 0  # refused for good; waiting for an operator
     oldest_waiting_at: float | None = None  # receive time of the oldest undelivered object
+    studies_waiting: int = 0  # studies with a copy for it not yet delivered (added in v1)
     last_success_at: float | None = None
     next_retry_at: float | None = None
     last_error: str = ""

@@ -64,12 +64,12 @@ def _destination(ctx: ControlContext, conn: sqlite3.Connection, name: str) -> De
             inflight += int(count)
         else:
             failed += int(count)
-    oldest = conn.execute(
-        "SELECT min(s.first_received_at) FROM studies s WHERE s.study_tag IN ("
+    studies_waiting, oldest = conn.execute(
+        "SELECT count(*), min(s.first_received_at) FROM studies s WHERE s.study_tag IN ("
         " SELECT study_tag FROM study_deliveries WHERE destination = ?"
         " AND state IN ('pending', 'inflight', 'failed') AND n > 0)",
         (name,),
-    ).fetchone()[0]
+    ).fetchone()
     stats = conn.execute(
         "SELECT last_delivered_at, last_error FROM destination_stats WHERE name = ?", (name,)
     ).fetchone()
@@ -107,6 +107,7 @@ def _destination(ctx: ControlContext, conn: sqlite3.Connection, name: str) -> De
         inflight=inflight,
         failed=failed,
         oldest_waiting_at=oldest,
+        studies_waiting=int(studies_waiting),
         last_success_at=stats[0] if stats else None,
         next_retry_at=status.next_retry_at if status is not None else None,
         last_error=(stats[1] or "") if stats else "",
@@ -114,15 +115,6 @@ def _destination(ctx: ControlContext, conn: sqlite3.Connection, name: str) -> De
         paused_by=pause[1] if paused else "",
         paused_reason=pause[2] if paused else "",
     )
-
-
-def _studies_waiting(conn: sqlite3.Connection, destination: str) -> int:
-    row = conn.execute(
-        "SELECT count(DISTINCT study_tag) FROM study_deliveries WHERE destination = ?"
-        " AND state IN ('pending', 'inflight', 'failed') AND n > 0",
-        (destination,),
-    ).fetchone()
-    return int(row[0])
 
 
 def spool_usage(ctx: ControlContext, conn: sqlite3.Connection, now: float) -> SpoolUsage:
@@ -181,7 +173,7 @@ def status(ctx: ControlContext, conn: sqlite3.Connection) -> UnitStatus:
                 name=v.name,
                 state=v.state,
                 since=v.since,
-                studies_waiting=_studies_waiting(conn, v.name),
+                studies_waiting=v.studies_waiting,
                 failed=v.failed,
                 paused_by=v.paused_by,
             )
