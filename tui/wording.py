@@ -6,25 +6,32 @@ from router.control.schema import DestinationView, Priority, StudySummary
 from tui.text import plural
 
 
+def waiting(view: DestinationView) -> str:
+    """ "212 objects (12 studies)": what waits for a destination, in objects and studies."""
+    objects = plural(view.queued_total, "object")
+    if view.studies_waiting:
+        return f"{objects} ({plural(view.studies_waiting, 'study', 'studies')})"
+    return objects
+
+
 def pause_question(view: DestinationView) -> str:
     return (
         f"Pause sending to {view.name}?\n"
-        f"{plural(view.queued_total, 'object')} waiting will stay safe on this unit and will "
+        f"{waiting(view)} waiting will stay safe on this unit and will "
         f"not be sent until you resume. New studies keep arriving and wait too."
     )
 
 
 def resume_question(view: DestinationView) -> str:
     return (
-        f"Resume sending to {view.name}?\n"
-        f"{plural(view.queued_total, 'object')} waiting will be sent, most urgent first."
+        f"Resume sending to {view.name}?\n{waiting(view)} waiting will be sent, most urgent first."
     )
 
 
 def retry_question(view: DestinationView) -> str:
     return (
         f"Try {view.name} again now, without waiting for the next retry?\n"
-        f"{plural(view.queued_total, 'object')} waiting will be tried at once."
+        f"{waiting(view)} waiting will be tried at once."
     )
 
 

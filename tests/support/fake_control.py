@@ -99,6 +99,7 @@ def unit_status(state: str = "healthy") -> UnitStatus:
             since=NOW - 46 * MIN,
             queued={"routine": 212},
             queued_total=212,
+            studies_waiting=12,
             failed=2,
             oldest_waiting_at=NOW - 46 * MIN,
             last_success_at=NOW - 47 * MIN,

@@ -211,9 +211,9 @@ def test_actions_refused_while_locked() -> None:
 @pytest.mark.parametrize(
     ("key", "method", "words"),
     [
-        ("p", "pause", "212 objects waiting will stay safe"),
-        ("r", "resume", "212 objects waiting will be sent"),
-        ("t", "retry", "212 objects waiting will be tried at once"),
+        ("p", "pause", "212 objects (12 studies) waiting will stay safe"),
+        ("r", "resume", "212 objects (12 studies) waiting will be sent"),
+        ("t", "retry", "212 objects (12 studies) waiting will be tried at once"),
         ("f", "retry_failed", "Send again the 2 objects that PACS refused"),
     ],
 )

@@ -15,7 +15,10 @@ from tui.screens.base import ConsoleScreen
 from tui.screens.dialogs import ConfirmScreen
 from tui.text import ago, clock_time, destination_reason, destination_state
 
-COLUMNS = ("Destination", "State", "Queue", "STAT", "Refused", "Oldest", "Last sent", "Next try")
+COLUMNS = (
+    "Destination", "State", "Queue", "Studies", "STAT", "Refused", "Oldest", "Last sent",
+    "Next try",
+)  # fmt: skip
 
 
 class DestinationsScreen(ConsoleScreen):
@@ -53,6 +56,7 @@ class DestinationsScreen(ConsoleScreen):
                 view.name,
                 destination_state(view),
                 str(view.queued_total),
+                str(view.studies_waiting),
                 str(view.queued.get("stat", 0)),
                 str(view.failed),
                 oldest,
