@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import time
 import uuid
 from collections.abc import Sequence
 from types import TracebackType
 
-import pytest
+from tests.support.peers import require
 
 
 class TmuxScreen:
@@ -18,8 +17,7 @@ class TmuxScreen:
     def __init__(
         self, command: Sequence[str], *, width: int = 80, height: int = 25, env: dict[str, str]
     ) -> None:
-        if shutil.which("tmux") is None:
-            pytest.skip("tmux is not installed (make deps installs it)")
+        self.tmux = require("tmux")  # skips, or fails under WAYSTATION_REQUIRE_PEERS=1
         self.server = f"waystation-test-{uuid.uuid4().hex[:8]}"
         self.command = list(command)
         self.width, self.height = width, height
@@ -27,7 +25,7 @@ class TmuxScreen:
 
     def _tmux(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            ["tmux", "-L", self.server, *args], capture_output=True, text=True, check=False
+            [self.tmux, "-L", self.server, *args], capture_output=True, text=True, check=False
         )
 
     def start(self) -> TmuxScreen:
