@@ -137,9 +137,11 @@ def study_text(detail: StudyDetail, now: float, console: object) -> str:
         f" to {clock_time(s.last_received_at, now, tz)}",
     ]
     for name, counts in s.destinations.items():
+        confirming = f", {counts.committing} awaiting its confirmation" if counts.committing else ""
         lines.append(
             f"  -> {name}: {counts.delivered} delivered, {counts.pending} waiting, "
             f"{counts.inflight} sending, {counts.failed} refused, {counts.discarded} discarded"
+            + confirming
         )
     history: dict[str, list[HistoryEvent]] = {}
     for event in detail.history:
