@@ -14,6 +14,7 @@ from router.config.rules import build_rules
 from router.core.objects import ObjectAttributes, PlannedDelivery, Source
 from router.core.retry import BackoffPolicy
 from router.core.routing import plan, wanted_keywords
+from router.delivery.commitment import CommitmentManager
 from router.delivery.dimse import Timeouts
 from router.delivery.queue import DeliveryQueue
 from router.delivery.worker import DestinationWorker
@@ -48,6 +49,22 @@ class Router:
                 f"{self.recovery.set_aside} stored objects are not in the journal.",
             )
         self._rules = build_rules(config.routes)
+        delivery = config.delivery
+        policy = BackoffPolicy(first=delivery.retry_first, cap=delivery.retry_max)
+        timeouts = Timeouts(
+            connect=delivery.connect_timeout, response_base=delivery.response_timeout
+        )
+        # Only when a destination asks for it: then the ingest SCP also takes the reports.
+        self.commitment: CommitmentManager | None = None
+        if any(d.storage_commitment for d in config.destinations):
+            self.commitment = CommitmentManager(
+                config.destinations,
+                unit_ae=config.unit.ae_title,
+                spool=self.spool,
+                policy=policy,
+                connect_timeout=delivery.connect_timeout,
+                response_timeout=delivery.response_timeout,
+            )
         self.ingest = IngestServer(
             config.ingest,
             ae_title=config.unit.ae_title,
@@ -56,16 +73,13 @@ class Router:
             alarm=self.alarms.raise_,
             wanted_keywords=wanted_keywords(self._rules),
             on_stored=self._wake_workers,
+            commitment_reports=self.commitment.handle_report if self.commitment else None,
+            report_callers=self.commitment.report_callers if self.commitment else (),
         )
         self._stopping = threading.Event()
         self._health = threading.Thread(target=self._watch_health, name="health", daemon=True)
         self.queue = DeliveryQueue(
             self.spool, study_quiet_seconds=config.routing.study_quiet_period
-        )
-        delivery = config.delivery
-        policy = BackoffPolicy(first=delivery.retry_first, cap=delivery.retry_max)
-        timeouts = Timeouts(
-            connect=delivery.connect_timeout, response_base=delivery.response_timeout
         )
         self.workers = {
             destination.name: DestinationWorker(
@@ -96,6 +110,8 @@ class Router:
         self.ingest.start()
         for worker in self.workers.values():
             worker.start()
+        if self.commitment is not None:
+            self.commitment.start()
         self._health.start()
 
     def stop(self, grace: float = 30.0) -> None:
@@ -108,6 +124,8 @@ class Router:
         self.ingest.stop()
         for worker in self.workers.values():
             worker.stop()
+        if self.commitment is not None:
+            self.commitment.stop()
         self.spool.close()
 
     def _watch_health(self) -> None:

@@ -155,6 +155,14 @@ class DimseDestination(_Strict):
     # Concurrent associations to this destination (each sends the queue in priority order).
     associations: int = Field(default=1, ge=1, le=8)
     changes: TagChanges = Field(default_factory=TagChanges)
+    # Count an object delivered only once the destination commits to keeping it (Storage
+    # Commitment Push Model); until then it stays "committing" and is never deleted.
+    storage_commitment: bool = Field(default=False, strict=True)  # true or false, not "yes"
+    # How long to wait for the commitment result before asking again (and, after a second
+    # silence as long, sending the objects again).
+    commitment_timeout: Annotated[float, BeforeValidator(parse_duration)] = Field(
+        default=3600.0, ge=1, le=7 * 86400
+    )
 
 
 Seconds = Annotated[float, BeforeValidator(parse_duration)]

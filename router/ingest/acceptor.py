@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import (
     ALL_TRANSFER_SYNTAXES,
     PYNETDICOM_IMPLEMENTATION_UID,
@@ -28,6 +29,7 @@ from pynetdicom.presentation import PresentationContext, negotiate_unrestricted
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 APPLICATION_CONTEXT = "1.2.840.10008.3.1.1.1"
+STORAGE_COMMITMENT_PUSH_MODEL = "1.2.840.10008.1.20.1"
 _MAX_CONTEXTS = 128  # odd context IDs 1..255
 
 # A-ASSOCIATE-RJ (result, source, reason): PS3.8 table 9-21.
@@ -51,14 +53,22 @@ class Negotiated:
     reject: tuple[int, int, int] | None = None
 
 
-def _supported() -> list[PresentationContext]:
-    context = PresentationContext()
-    context.abstract_syntax = Verification
-    context.transfer_syntax = list(ALL_TRANSFER_SYNTAXES)
-    return [context]
+def _supported(accept_reports: bool) -> list[PresentationContext]:
+    verification = PresentationContext()
+    verification.abstract_syntax = Verification
+    verification.transfer_syntax = list(ALL_TRANSFER_SYNTAXES)
+    if not accept_reports:
+        return [verification]
+    # A destination sends its Storage Commitment report as the SCP on an association it
+    # opens: accept its proposed SCP role, and not an SCU role (this unit commits nothing).
+    reports = PresentationContext()
+    reports.abstract_syntax = STORAGE_COMMITMENT_PUSH_MODEL
+    reports.transfer_syntax = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
+    reports.scu_role, reports.scp_role = False, True
+    return [verification, reports]
 
 
-_SUPPORTED = _supported()
+_SUPPORTED = {False: _supported(False), True: _supported(True)}
 
 
 def negotiate(
@@ -68,6 +78,7 @@ def negotiate(
     max_pdu: int,
     allowed_callers: Sequence[str],
     busy: bool,
+    accept_reports: bool = False,
 ) -> Negotiated:
     """Decide an A-ASSOCIATE-RQ (its whole PDU, header included).
 
@@ -102,7 +113,7 @@ def negotiate(
         for item in primitive.user_information
         if type(item).__name__ == "SCP_SCU_RoleSelectionNegotiation"
     }
-    results, role_replies = negotiate_unrestricted(proposed, _SUPPORTED, roles)
+    results, role_replies = negotiate_unrestricted(proposed, _SUPPORTED[accept_reports], roles)
     contexts = {
         cx.context_id or 0: (str(cx.abstract_syntax), str(cx.transfer_syntax[0]))
         for cx in results

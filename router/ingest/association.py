@@ -9,19 +9,24 @@ sent only after ObjectStore.complete returned - that is, after the object is dur
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import struct
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
+from pydicom.dataset import Dataset
+from pydicom.uid import UID
+from pynetdicom.dsutils import decode
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from router.core.objects import Source
 from router.ingest import commands
-from router.ingest.acceptor import negotiate
+from router.ingest.acceptor import STORAGE_COMMITMENT_PUSH_MODEL, negotiate
 from router.ingest.commands import Command, CommandError
 from router.ingest.file_meta import part10_header
-from router.ingest.store import STATUS_SUCCESS, ObjectStore
+from router.ingest.store import STATUS_SUCCESS, STATUS_UNEXPECTED, ObjectStore
 from router.ingest.wire import PeerClosed, PeerTimeout, Wire
 from router.spool.incoming import IncomingObject
 
@@ -35,6 +40,10 @@ _MAX_REQUEST_PDU = 1024 * 1024  # an A-ASSOCIATE-RQ with 128 contexts is far sma
 _MAX_COMMAND = 64 * 1024
 _RELEASE_RP = bytes([0x06, 0, 0, 0, 0, 4, 0, 0, 0, 0])
 _STATUS_UNRECOGNISED_OPERATION = 0x0211
+_STATUS_NO_SUCH_SOP_CLASS = 0x0118
+_STATUS_PROCESSING_FAILURE = 0x0110
+STATUS_NOT_AUTHORISED = 0x0124
+_MAX_REPORT = 16 * 1024 * 1024
 # A-ABORT reasons (source 2, service provider): PS3.8 table 9-26.
 _UNEXPECTED_PDU = 2
 _UNRECOGNISED_PDU = 1
@@ -58,15 +67,26 @@ class Limits:
     allowed_callers: tuple[str, ...]
     acse_timeout: float
     network_timeout: float
+    # Destinations admitted only to send Storage Commitment reports (when allowed_callers
+    # restricts who may call): a C-STORE from them is refused.
+    report_only: frozenset[str] = frozenset()
+
+
+# Handles one Storage Commitment report: (calling AE, peer address, event type, event
+# information or None if undecodable) -> the N-EVENT-REPORT response status.
+ReportSink = Callable[[str, str, int, Dataset | None], int]
 
 
 @dataclass
 class _Receiving:
-    """The C-STORE whose data set is arriving."""
+    """The request whose data set is arriving: a C-STORE streams into ``sink``; a report is
+    collected in ``report`` (small); a refused C-STORE is read and dropped."""
 
     command: Command
     context_id: int
-    sink: IncomingObject
+    sink: IncomingObject | None = None
+    report: bytearray | None = None
+    refused: int | None = None
 
 
 class Slots:
@@ -100,9 +120,17 @@ class IncomingAssociation:
     """Serves one connection: negotiate, then C-STORE/C-ECHO until release or abort."""
 
     def __init__(
-        self, wire: Wire, peer: str, *, limits: Limits, store: ObjectStore, slots: Slots
+        self,
+        wire: Wire,
+        peer: str,
+        *,
+        limits: Limits,
+        store: ObjectStore,
+        slots: Slots,
+        reports: ReportSink | None = None,
     ) -> None:
         self.wire = wire
+        self.reports = reports
         self.peer = peer
         self.limits = limits
         self.store = store
@@ -159,8 +187,9 @@ class IncomingAssociation:
                 header + body,
                 ae_title=limits.ae_title,
                 max_pdu=limits.max_pdu,
-                allowed_callers=limits.allowed_callers,
+                allowed_callers=limits.allowed_callers + tuple(sorted(limits.report_only)),
                 busy=not self._holds_slot,
+                accept_reports=self.reports is not None,
             )
         except Exception as exc:  # pynetdicom's decoder raises assorted types on junk
             raise ProtocolViolation(
@@ -246,7 +275,17 @@ class IncomingAssociation:
     def _dispatch(self, command: Command, context_id: int) -> None:
         field = command.command_field
         if field == commands.C_STORE_RQ and command.has_data_set:
-            self._receiving = _Receiving(command, context_id, self._begin(command, context_id))
+            if self.calling_ae in self.limits.report_only:
+                log.warning(
+                    "C-STORE from %s refused: it may only send Storage Commitment reports",
+                    self.calling_ae,
+                )
+                self._receiving = _Receiving(command, context_id, refused=STATUS_NOT_AUTHORISED)
+            else:
+                sink = self._begin(command, context_id)
+                self._receiving = _Receiving(command, context_id, sink=sink)
+        elif field == commands.N_EVENT_REPORT_RQ and command.has_data_set:
+            self._receiving = _Receiving(command, context_id, report=bytearray())
         elif field == commands.C_ECHO_RQ:
             self._respond(
                 context_id,
@@ -286,28 +325,74 @@ class IncomingAssociation:
     def _data_fragment(self, context_id: int, size: int, last: bool, deadline: float) -> None:
         receiving = self._receiving
         if receiving is None:
-            raise ProtocolViolation("data set fragment without a C-STORE request", _UNEXPECTED_PDU)
+            raise ProtocolViolation("data set fragment without a request", _UNEXPECTED_PDU)
         if context_id != receiving.context_id:
             raise ProtocolViolation("data set fragment on another presentation context")
-        self.wire.stream(size, deadline, receiving.sink.write)
+        if receiving.sink is not None:
+            self.wire.stream(size, deadline, receiving.sink.write)
+        elif receiving.report is not None:
+            if len(receiving.report) + size > _MAX_REPORT:
+                raise ProtocolViolation("a Storage Commitment report larger than 16 MiB")
+            self.wire.stream(size, deadline, receiving.report.extend)
+        else:
+            self.wire.skip(size, deadline)
         if not last:
             return
         self._receiving = None
+        if receiving.report is not None:
+            self._report(receiving, context_id)
+            return
         command = receiving.command
-        status = self.store.complete(
-            receiving.sink,
-            sop_class=command.affected_sop_class,
-            sop_instance=command.affected_sop_instance,
-            source=Source(calling_ae=self.calling_ae, called_ae=self.called_ae, peer=self.peer),
-        )
+        status = receiving.refused
+        if receiving.sink is not None:
+            status = self.store.complete(
+                receiving.sink,
+                sop_class=command.affected_sop_class,
+                sop_instance=command.affected_sop_instance,
+                source=Source(calling_ae=self.calling_ae, called_ae=self.called_ae, peer=self.peer),
+            )
         self._respond(
             context_id,
             commands.response(
                 commands.C_STORE_RSP,
                 message_id=command.message_id,
+                status=STATUS_UNEXPECTED if status is None else status,
+                sop_class=command.affected_sop_class,
+                sop_instance=command.affected_sop_instance,
+            ),
+        )
+
+    def _report(self, receiving: _Receiving, context_id: int) -> None:
+        command = receiving.command
+        syntax = UID(self._contexts[context_id][1])
+        information: Dataset | None
+        try:
+            information = decode(
+                io.BytesIO(bytes(receiving.report or b"")),
+                syntax.is_implicit_VR,
+                syntax.is_little_endian,
+            )
+        except Exception:  # malformed: the handler answers for it (its text may quote values)
+            information = None
+        if self.reports is None or command.affected_sop_class != STORAGE_COMMITMENT_PUSH_MODEL:
+            status = _STATUS_NO_SUCH_SOP_CLASS
+        else:
+            try:
+                status = self.reports(
+                    self.calling_ae, self.peer, command.event_type_id or 0, information
+                )
+            except Exception as exc:  # contained: the type only
+                log.error("Storage Commitment report not handled: %s", type(exc).__name__)
+                status = _STATUS_PROCESSING_FAILURE
+        self._respond(
+            context_id,
+            commands.response(
+                commands.N_EVENT_REPORT_RSP,
+                message_id=command.message_id,
                 status=status,
                 sop_class=command.affected_sop_class,
                 sop_instance=command.affected_sop_instance,
+                event_type_id=command.event_type_id,
             ),
         )
 
@@ -319,9 +404,9 @@ class IncomingAssociation:
 
     def _drop_partial(self) -> None:
         # An association that ends mid-object leaves its sink behind: remove the partial blob.
-        if self._receiving is not None:
+        if self._receiving is not None and self._receiving.sink is not None:
             self._receiving.sink.discard()
-            self._receiving = None
+        self._receiving = None
 
     def _send_quietly(self, pdu: bytes) -> None:
         with contextlib.suppress(OSError):

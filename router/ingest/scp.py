@@ -1,6 +1,9 @@
 """The C-STORE / C-ECHO receiver: a listening socket and one thread per association.
 
-Statuses are decided in store.py; the upper-layer protocol is in association.py. Limits that
+Statuses are decided in store.py; the upper-layer protocol is in association.py. Storage
+Commitment reports (N-EVENT-REPORT, Push Model) that destinations send on an association of
+their own are accepted too, with SCP/SCU role selection, and handed to the commitment
+manager; a caller admitted only for reports that sends a C-STORE gets 0x0124 (not authorised). Limits that
 hold under load or attack: at most ``max_associations`` associations (more are rejected as
 "local limit exceeded", a transient rejection senders retry), a bounded number of connections
 that have not yet associated, and one deadline for each association request and each PDU.
@@ -19,7 +22,7 @@ from router.config.model import IngestConfig
 from router.core.objects import ObjectAttributes, PlannedDelivery, Source
 from router.errors import ListenError
 from router.ingest import pynetdicom_setup
-from router.ingest.association import IncomingAssociation, Limits, Slots
+from router.ingest.association import IncomingAssociation, Limits, ReportSink, Slots
 from router.ingest.store import AlarmSink, ObjectStore, Planner
 from router.ingest.wire import Wire
 from router.spool.spool import Spool
@@ -47,6 +50,8 @@ class IngestServer:
         alarm: AlarmSink,
         wanted_keywords: frozenset[str] = frozenset(),
         on_stored: Callable[[Sequence[PlannedDelivery]], None] = lambda deliveries: None,
+        commitment_reports: ReportSink | None = None,
+        report_callers: Sequence[str] = (),
     ) -> None:
         pynetdicom_setup.configure()  # pydicom's warnings quote values: keep them silent
         self.config = config
@@ -63,7 +68,13 @@ class IngestServer:
             allowed_callers=tuple(config.allowed_callers),
             acse_timeout=config.acse_timeout,
             network_timeout=config.network_timeout,
+            # Destinations that may call only to report commitment results (when
+            # allowed_callers restricts who may call at all).
+            report_only=frozenset(set(report_callers) - set(config.allowed_callers))
+            if config.allowed_callers
+            else frozenset(),
         )
+        self._reports = commitment_reports
         self._listener: socket.socket | None = None
         self._accepting = threading.Event()
         self._thread: threading.Thread | None = None
@@ -171,7 +182,12 @@ class IngestServer:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             IncomingAssociation(
-                Wire(sock), peer, limits=self.limits, store=self.store, slots=self._slots
+                Wire(sock),
+                peer,
+                limits=self.limits,
+                store=self.store,
+                slots=self._slots,
+                reports=self._reports,
             ).serve()
         finally:
             with contextlib.suppress(OSError):

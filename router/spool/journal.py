@@ -22,7 +22,7 @@ from typing import Any
 
 from router.errors import StorageFault, StorageFull
 from router.spool.fsio import fsync_dir
-from router.spool.schema import SCHEMA, SCHEMA_VERSION
+from router.spool.schema import SCHEMA, SCHEMA_VERSION, UPGRADABLE_FROM
 
 log = logging.getLogger("waystation.journal")
 
@@ -56,6 +56,12 @@ def create_schema(conn: sqlite3.Connection) -> None:
     if row is None:
         conn.execute(
             "INSERT INTO journal_meta(key, value) VALUES ('schema', ?)", (str(SCHEMA_VERSION),)
+        )
+    elif int(row[0]) in UPGRADABLE_FROM:
+        # executescript(SCHEMA) above created the tables the newer version adds.
+        log.info("journal schema upgraded from %s to %s", row[0], SCHEMA_VERSION)
+        conn.execute(
+            "UPDATE journal_meta SET value = ? WHERE key = 'schema'", (str(SCHEMA_VERSION),)
         )
     elif int(row[0]) != SCHEMA_VERSION:
         raise StorageFault(f"journal schema {row[0]} is not the supported {SCHEMA_VERSION}")

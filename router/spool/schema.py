@@ -2,7 +2,10 @@
 accession numbers, descriptions and UIDs live only in the sealed ``meta`` column; lookups by
 UID go through keyed tags (see keys.Keyring.lookup_tag)."""
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+# Versions a journal can be upgraded from by running SCHEMA (new tables only, nothing else
+# changes): 2 -> 3 added Storage Commitment (commitments, commitment_items).
+UPGRADABLE_FROM = frozenset({2})
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS journal_meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -68,6 +71,27 @@ CREATE TABLE IF NOT EXISTS history(
     detail    TEXT NOT NULL DEFAULT '{}'
 );
 CREATE INDEX IF NOT EXISTS history_object ON history(object_id, seq);
+-- Storage Commitment requests (N-ACTION) to destinations. The transaction UID is made by this
+-- unit and is not patient data; the objects are named by id, never by their UIDs.
+CREATE TABLE IF NOT EXISTS commitments(
+    transaction_uid TEXT PRIMARY KEY,
+    destination     TEXT NOT NULL,
+    round           INTEGER NOT NULL DEFAULT 1,  -- 1 first request, 2 asked again
+    state           TEXT NOT NULL,  -- requesting | waiting | done | expired
+    attempts        INTEGER NOT NULL DEFAULT 0,  -- N-ACTIONs tried
+    next_attempt_at REAL NOT NULL DEFAULT 0,
+    deadline        REAL,            -- a waiting request expires then
+    created_at      REAL NOT NULL,
+    updated_at      REAL NOT NULL,
+    outcome         TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS commitments_open ON commitments(destination, state);
+CREATE TABLE IF NOT EXISTS commitment_items(
+    transaction_uid TEXT NOT NULL REFERENCES commitments(transaction_uid),
+    object_id       TEXT NOT NULL REFERENCES objects(id),
+    PRIMARY KEY(transaction_uid, object_id)
+);
+CREATE INDEX IF NOT EXISTS commitment_items_object ON commitment_items(object_id);
 CREATE TABLE IF NOT EXISTS alarms(
     seq        INTEGER PRIMARY KEY AUTOINCREMENT,
     code       TEXT NOT NULL,
