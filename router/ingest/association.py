@@ -66,6 +66,7 @@ class Limits:
     max_pdu: int
     allowed_callers: tuple[str, ...]
     acse_timeout: float
+    dimse_timeout: float
     network_timeout: float
     # Destinations admitted only to send Storage Commitment reports (when allowed_callers
     # restricts who may call): a C-STORE from them is refused.
@@ -213,8 +214,12 @@ class IncomingAssociation:
     def _serve_messages(self) -> None:
         limits = self.limits
         while True:
-            pdu_type, length = self.wire.read_header(limits.network_timeout, limits.acse_timeout)
-            deadline = self.wire.deadline_for(length, limits.network_timeout)
+            # Between messages a connection may idle for network_timeout; inside a message
+            # (a data set arriving) the next PDU must start within dimse_timeout.
+            inside = self._receiving is not None or bool(self._command)
+            idle = limits.dimse_timeout if inside else limits.network_timeout
+            pdu_type, length = self.wire.read_header(idle, limits.acse_timeout)
+            deadline = self.wire.deadline_for(length, limits.dimse_timeout)
             if pdu_type == P_DATA_TF:
                 if limits.max_pdu and length > limits.max_pdu:
                     raise ProtocolViolation(

@@ -67,6 +67,7 @@ class IngestServer:
             max_pdu=config.max_pdu,
             allowed_callers=tuple(config.allowed_callers),
             acse_timeout=config.acse_timeout,
+            dimse_timeout=config.dimse_timeout,
             network_timeout=config.network_timeout,
             # Destinations that may call only to report commitment results (when
             # allowed_callers restricts who may call at all).
