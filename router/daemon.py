@@ -164,7 +164,7 @@ class Router:
             self.control.ctx.readers.close()
         self.ingest.refuse_new_associations()
         deadline = time.monotonic() + grace
-        while self.ingest.ae.active_associations and time.monotonic() < deadline:
+        while self.ingest.active_associations() and time.monotonic() < deadline:
             time.sleep(0.1)
         self.ingest.stop()
         for worker in self.workers.values():

@@ -7,7 +7,8 @@ WaystationError
 │   ├── StorageFault       a write or fsync failed: nothing affected is acknowledged
 │   └── IntegrityError     a held object fails its AEAD tag or SHA-256 check
 ├── KeyStoreError          the unit's key file is missing, unreadable or malformed
-└── ControlSocketError     the control API's socket cannot be served
+├── ControlSocketError     the control API's socket cannot be served
+└── ListenError            the DICOM port cannot be opened (in use, not permitted)
 """
 
 from __future__ import annotations
@@ -63,3 +64,9 @@ class ControlSocketError(WaystationError):
     """The control API's Unix socket cannot be created (or another router serves it)."""
 
     code = "WS300"
+
+
+class ListenError(WaystationError):
+    """The receiver cannot listen on its configured address."""
+
+    code = "WS310"

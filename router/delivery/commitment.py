@@ -300,18 +300,23 @@ class CommitmentManager:
         destination = self.destinations[name]
 
         def handler(event: evt.Event) -> tuple[int, None]:
-            return self._receive(destination, event), None
+            request: Any = event.request
+            try:
+                information = event.event_information
+            except Exception:  # undecodable: read_report says so
+                information = None
+            return self._receive(destination, int(request.EventTypeID or 0), information), None
 
         return handler
 
     # -- N-EVENT-REPORT ----------------------------------------------------------------------
 
-    def handle_report(self, event: evt.Event) -> int:
+    def handle_report(
+        self, calling_ae: str, address: str, event_type: int, information: Dataset | None
+    ) -> int:
         """A report that came to the ingest SCP on an association the destination opened.
         Only a destination with storage_commitment, by calling AE title and address, may
         send one; others are refused (0x0124)."""
-        calling_ae = str(event.assoc.requestor.ae_title).strip()
-        address = str(event.assoc.requestor.address)
         destination = self._sender(calling_ae, address)
         if destination is None:
             log.warning(
@@ -321,7 +326,7 @@ class CommitmentManager:
                 address,
             )
             return STATUS_NOT_AUTHORISED
-        return self._receive(destination, event)
+        return self._receive(destination, event_type, information)
 
     def _sender(self, calling_ae: str, address: str) -> DimseDestination | None:
         for destination in self.destinations.values():
@@ -329,14 +334,11 @@ class CommitmentManager:
                 return destination
         return None
 
-    def _receive(self, destination: DimseDestination, event: evt.Event) -> int:
-        request: Any = event.request
+    def _receive(
+        self, destination: DimseDestination, event_type: int, information: Dataset | None
+    ) -> int:
         try:
-            information = event.event_information
-        except Exception:
-            information = None
-        try:
-            report = read_report(int(request.EventTypeID or 0), information)
+            report = read_report(event_type, information)
         except BadReport as exc:
             log.warning("Storage Commitment report from %s not usable: %s", destination.name, exc)
             return exc.status

@@ -21,10 +21,6 @@ from pynetdicom import _config, dimse_messages, dsutils
 
 _installed = False
 _lock = threading.Lock()
-_original_tempfile = dimse_messages.NamedTemporaryFile  # type: ignore[attr-defined]
-
-SinkFactory = Callable[[Any], Any | None]
-_factories: dict[int, SinkFactory] = {}
 
 
 def configure() -> None:
@@ -33,12 +29,6 @@ def configure() -> None:
     with _lock:
         if _installed:
             return
-        # Stream each received data set to a file instead of holding it in memory ...
-        _config.STORE_RECV_CHUNKED_DATASET = True
-        # ... and make that "file" our encrypting sink (see _sink_or_tempfile).
-        dimse_messages.NamedTemporaryFile = _sink_or_tempfile  # type: ignore[attr-defined]
-        # Private and unknown public SOP classes are storage too: a router forwards them.
-        _config.UNRESTRICTED_STORAGE_SERVICE = True
         # UIDs are patient-linked identifiers: keep them out of pynetdicom's log lines.
         _config.LOG_REQUEST_IDENTIFIERS = False
         _config.LOG_RESPONSE_IDENTIFIERS = False
@@ -83,29 +73,3 @@ def _open(file: Any, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
             raise FileNotFoundError(name)
         return opener()
     return builtins.open(file, mode, *args, **kwargs)
-
-
-def register_sink_factory(ae: object, factory: SinkFactory) -> None:
-    """Route chunked receives of associations of ``ae`` to ``factory(assoc)``."""
-    _factories[id(ae)] = factory
-
-
-def unregister_sink_factory(ae: object) -> None:
-    """Stop routing receives of ``ae`` (on server shutdown)."""
-    _factories.pop(id(ae), None)
-
-
-def _sink_or_tempfile(*args: Any, **kwargs: Any) -> Any:
-    """Stand-in for NamedTemporaryFile in pynetdicom's dimse_messages.
-
-    pynetdicom opens the temporary file from the association's network thread (the DUL
-    thread, whose ``assoc`` attribute names the association). Associations of a Waystation
-    AE get an encrypting sink; anything else in the process gets a real temporary file.
-    """
-    assoc = getattr(threading.current_thread(), "assoc", None)
-    factory = _factories.get(id(getattr(assoc, "ae", None)))
-    if factory is not None:
-        sink = factory(assoc)
-        if sink is not None:
-            return sink
-    return _original_tempfile(*args, **kwargs)

@@ -1,10 +1,9 @@
 """An object being received: a file-like sink that encrypts as bytes arrive.
 
-pynetdicom's chunked receive writes each incoming data set to a temporary file it opens itself;
-ingest hands it one of these instead (see router/ingest/pynetdicom_setup.py), so plaintext never
-reaches storage. Write errors are captured, not raised: pynetdicom calls ``write`` from its
-network thread, where an exception would kill the association without an answer. The C-STORE
-handler reads ``error`` and answers 0xA700.
+Ingest streams each incoming data set into one of these as its fragments arrive (see
+router/ingest/association.py), so plaintext never reaches storage. Write errors are captured,
+not raised: the rest of the data set must still be read off the wire so the sender gets an
+answer - 0xA700, decided from ``error`` when the object is complete.
 
 Small objects stay in memory (already encrypted) and are held inline in the journal, so one
 journal commit is their only fsync. An object that grows past ``inline_limit`` spills to a
@@ -78,7 +77,6 @@ class IncomingObject:
         self.directory = directory
         self.part_path = directory / f"{self.object_id}.part"
         self.final_path = directory / f"{self.object_id}.blob"
-        self.name = str(self.part_path)  # pynetdicom reads .name and unlinks it afterwards
         self.data_key = data_key
         self.chunk_size = chunk_size
         self.error: StorageFull | StorageFault | None = refused
@@ -96,20 +94,12 @@ class IncomingObject:
             )
 
     @property
-    def file(self) -> IncomingObject:
-        """pynetdicom calls ``.file.flush()``; flushing is meaningless before the end."""
-        return self
-
-    @property
     def inline(self) -> bytes | None:
         """The whole encrypted blob when the object stayed in memory, else None."""
         memory = self._out.memory
         return bytes(memory.getbuffer()) if memory is not None else None
 
-    def flush(self) -> None:
-        """No-op: durability is decided by ``make_durable``, not by pynetdicom."""
-
-    def write(self, data: bytes) -> int:
+    def write(self, data: bytes | memoryview) -> int:
         """Encrypt and keep ``data``; after an error, bytes are counted and dropped."""
         if self._writer is not None and self.error is None:
             try:
