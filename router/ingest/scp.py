@@ -3,10 +3,12 @@
 Statuses are decided in store.py; the upper-layer protocol is in association.py. Storage
 Commitment reports (N-EVENT-REPORT, Push Model) that destinations send on an association of
 their own are accepted too, with SCP/SCU role selection, and handed to the commitment
-manager; a caller admitted only for reports that sends a C-STORE gets 0x0124 (not authorised). Limits that
-hold under load or attack: at most ``max_associations`` associations (more are rejected as
-"local limit exceeded", a transient rejection senders retry), a bounded number of connections
-that have not yet associated, and one deadline for each association request and each PDU.
+manager; a caller admitted only for reports that sends a C-STORE gets 0x0124 (not authorised).
+
+Limits that hold under load or attack: at most ``max_associations`` associations (more are
+rejected as "local limit exceeded", a transient rejection senders retry), a bounded number of
+connections that have not yet associated, and one deadline for each association request and
+each PDU.
 """
 
 from __future__ import annotations
