@@ -117,8 +117,9 @@ def test_send_buffers_survives_partial_sends_to_a_slow_reader() -> None:
 Acceptor = Callable[[socket.socket, A_ASSOCIATE], None]
 
 
-def answer_ac(sock: socket.socket, request: A_ASSOCIATE, *, max_pdu: int,
-              accept: set[tuple[str, str]]) -> Association:  # fmt: skip
+def answer_ac(
+    sock: socket.socket, request: A_ASSOCIATE, *, max_pdu: int, accept: set[tuple[str, str]]
+) -> Association:
     """Accept the pairs in ``accept`` (each context's first proposed syntax that is)."""
     answer = A_ASSOCIATE()
     answer.application_context_name = association.APPLICATION_CONTEXT
@@ -128,23 +129,25 @@ def answer_ac(sock: socket.socket, request: A_ASSOCIATE, *, max_pdu: int,
     for proposed in request.presentation_context_definition_list:
         result = PresentationContext()
         result.context_id = proposed.context_id
-        syntax = next((s for s in proposed.transfer_syntax
-                       if (proposed.abstract_syntax, s) in accept), None)  # fmt: skip
+        syntax = next(
+            (s for s in proposed.transfer_syntax if (proposed.abstract_syntax, s) in accept), None
+        )
         result.result = 0 if syntax else 4
         result.transfer_syntax = [syntax or proposed.transfer_syntax[0]]
         if syntax:
             accepted.append(
                 AcceptedContext(
                     int(proposed.context_id or 0), str(proposed.abstract_syntax), str(syntax)
-                )  # fmt: skip
+                )
             )
         answer.presentation_context_definition_results_list.append(result)
     length = MaximumLengthNotification()
     length.maximum_length_received = max_pdu
     answer.user_information = [length]
     pdu.send_buffers(sock, [A_ASSOCIATE_AC(answer).encode()], None)
-    return Association(sock, requestor=False, max_pdu=1 << 20, peer_max_pdu=256 * 1024,
-                       contexts=accepted)  # fmt: skip
+    return Association(
+        sock, requestor=False, max_pdu=1 << 20, peer_max_pdu=256 * 1024, contexts=accepted
+    )
 
 
 @contextmanager

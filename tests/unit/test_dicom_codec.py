@@ -118,12 +118,14 @@ def test_builders_round_trip(encoded: bytes, checks: dict[str, object]) -> None:
 
 
 def test_generic_encode_handles_tags_text_and_unknown_elements() -> None:
-    encoded = commands.encode({
-        commands.COMMAND_FIELD: 0x0120,
-        commands.ATTRIBUTE_LIST: (0x00100010, 0x00100020),
-        commands.MOVE_ORIGINATOR_AE: "MODALITY",
-        0x5555: b"\x01\x02",
-    })  # fmt: skip
+    encoded = commands.encode(
+        {
+            commands.COMMAND_FIELD: 0x0120,
+            commands.ATTRIBUTE_LIST: (0x00100010, 0x00100020),
+            commands.MOVE_ORIGINATOR_AE: "MODALITY",
+            0x5555: b"\x01\x02",
+        }
+    )
     decoded = commands.decode(encoded)
     assert decoded.elements[commands.ATTRIBUTE_LIST] == (0x00100010, 0x00100020)
     assert decoded.elements[commands.MOVE_ORIGINATOR_AE] == "MODALITY"
@@ -170,8 +172,16 @@ def _wire(dataset: bytes | io.BytesIO, length: int | None, peer_max: int) -> byt
 def test_fragments_respect_the_peers_maximum_and_reassemble(peer_max: int, streamed: bool) -> None:
     fragment = pdata.fragment_size(peer_max)
     assert fragment % 2 == 0
-    sizes = [0, 1, fragment - 1, fragment, fragment + 1, 3 * fragment + 7,
-             pdata.READ_SIZE + 3, 2 * pdata.READ_SIZE + 2 * fragment + 1]  # fmt: skip
+    sizes = [
+        0,
+        1,
+        fragment - 1,
+        fragment,
+        fragment + 1,
+        3 * fragment + 7,
+        pdata.READ_SIZE + 3,
+        2 * pdata.READ_SIZE + 2 * fragment + 1,
+    ]
     for size in sizes:
         data = bytes(i % 251 for i in range(size))
         source: bytes | io.BytesIO = io.BytesIO(data) if streamed else data
