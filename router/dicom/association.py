@@ -46,6 +46,7 @@ from router.dicom.errors import (
 )
 from router.dicom.pdata import Message, MessageAssembler, Readable, SinkFactory
 
+_IN_MEMORY = (bytes, bytearray, memoryview)
 APPLICATION_CONTEXT = "1.2.840.10008.3.1.1.1"
 #: The maximum PDU length this side announces unless told otherwise. Never 0: a limit is
 #: what keeps a hostile PDU length from becoming an allocation (RELIABILITY.md).
@@ -97,6 +98,7 @@ class Association:
                          for cx in contexts}  # fmt: skip
         self._assembler = MessageAssembler(max_dataset=max_dataset, sink_factory=sink_factory)
         self._message_id = 0
+        self._send_buffer: bytearray | None = None  # reused by every streamed data set
 
     # -- state -------------------------------------------------------------------------------
 
@@ -158,9 +160,12 @@ class Association:
         sock = self._socket()
         if context_id not in self.contexts:
             raise ValueError(f"presentation context {context_id} was not accepted")
+        if self._send_buffer is None and length and not isinstance(dataset, _IN_MEMORY):
+            size = pdata.READ_SIZE + pdata.fragment_size(self.peer_max_pdu)
+            self._send_buffer = bytearray(size)
         try:
             for buffers in pdata.message_batches(
-                context_id, command, dataset, length, self.peer_max_pdu
+                context_id, command, dataset, length, self.peer_max_pdu, self._send_buffer
             ):
                 pdu.send_buffers(sock, buffers, deadline)
         except BaseException:

@@ -84,6 +84,7 @@ def message_batches(
     dataset: bytes | bytearray | memoryview | Readable | None,
     length: int | None,
     peer_max_pdu: int,
+    buffer: bytearray | None = None,
 ) -> Iterator[list[Buffer]]:
     """The buffers of one DIMSE message, in groups each meant for one sendmsg call.
 
@@ -91,7 +92,8 @@ def message_batches(
     exactly ``length`` bytes. A source that ends early raises ValueError after the bytes it
     gave were yielded: the message is then broken and the association must be aborted.
     Each yielded list is only valid until the next one is asked for (the read buffer is
-    reused)."""
+    reused; pass ``buffer`` to reuse one across messages too: a fresh megabyte buffer per
+    object costs page faults)."""
     fragment = fragment_size(peer_max_pdu)
     head = fragment_buffers(context_id, memoryview(command), fragment, command=True, last=True)
     if dataset is None:
@@ -104,12 +106,14 @@ def message_batches(
     if length is None:
         raise ValueError("a streamed data set needs its length")
     per_call = max(1, min(_MAX_PDUS_PER_CALL, READ_SIZE // fragment))
-    buffer = bytearray(min(per_call * fragment, max(length, 1)))
-    view = memoryview(buffer)
+    size = min(per_call * fragment, max(length, 1))
+    if buffer is None or len(buffer) < size:
+        buffer = bytearray(size)
+    view = memoryview(buffer)[:size]
     remaining = length
     pending: list[Buffer] = head
     while True:
-        want = min(len(buffer), remaining)
+        want = min(size, remaining)
         _read_exact(dataset, view[:want], length - remaining, length)
         remaining -= want
         last = remaining == 0

@@ -289,3 +289,16 @@ def test_not_a_part10_file_is_refused() -> None:
         read_file_meta(io.BytesIO(b"\0" * 200))
     with pytest.raises(NotPart10):
         read_file_meta(io.BytesIO(b"\0" * 128 + b"DICM" + b"\x02\x00"))
+
+
+def test_a_reused_send_buffer_gives_the_same_bytes() -> None:
+    buffer = bytearray(pdata.READ_SIZE + 16384)
+    command = commands.c_store_rq(1, CT, INSTANCE)
+    for size in (3 * pdata.READ_SIZE + 5, 10, 2 * pdata.READ_SIZE):
+        data = bytes(i % 239 for i in range(size))
+        reused = pdata.message_batches(1, command, io.BytesIO(data), size, 16384, buffer)
+        fresh = pdata.message_batches(1, command, io.BytesIO(data), size, 16384)
+        for a, b in zip(reused, fresh, strict=True):
+            assert b"".join(bytes(memoryview(x)) for x in a) == b"".join(
+                bytes(memoryview(x)) for x in b
+            )
