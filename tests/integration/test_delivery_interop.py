@@ -17,6 +17,7 @@ from tests.support.router_proc import (
     RouterProcess,
     delivery_states,
     destination_toml,
+    fast_retry_toml,
     free_port,
     route_toml,
     wait_for,
@@ -90,3 +91,37 @@ def test_echo_answers_success_refusal_and_rejection(tmp_path: Path) -> None:
         rejected = echo(_destination(pacs.port, "PACS"), "WAYSTATION", timeouts)
     assert rejected.outcome.kind == "rejected"
     assert "does not know this unit's name WAYSTATION" in _reason(rejected.outcome, "PACS")
+
+
+def _rss_mib(pid: int, field: str) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field):
+            return int(line.split()[1]) / 1024
+    raise AssertionError(field)
+
+
+def test_a_big_object_is_streamed_out_never_held_whole(tmp_path: Path) -> None:
+    big = dicomgen.make_multiframe(tmp_path / "mf" / "big.dcm", size_mb=120)
+    dest_port = free_port()
+    port = free_port()
+    (tmp_path / "unit").mkdir()
+    config = write_config(
+        tmp_path / "unit",
+        port=port,
+        destinations=destination_toml("pacs", "STORESCP", dest_port)
+        + route_toml("all", "pacs")
+        + fast_retry_toml(),
+    )
+    with RouterProcess(config) as router:
+        assert router.proc is not None
+        pid = router.proc.pid
+        assert send([big], port).acknowledged == [big]
+        # Held and queued (the destination is down); forget the peak ingest reached.
+        Path(f"/proc/{pid}/clear_refs").write_text("5")
+        before = _rss_mib(pid, "VmRSS")
+        with Storescp(tmp_path / "dest", port=dest_port) as scp:
+            assert wait_for(lambda: delivery_states(config) == {"delivered": 1}, 120)
+            [received] = scp.files()
+        peak = _rss_mib(pid, "VmHWM")
+    assert dicomgen.dataset_sha256(received) == dicomgen.dataset_sha256(big)
+    assert peak - before < 40, (before, peak)  # a 120 MiB object, sent in 1 MiB pieces
