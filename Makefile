@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # Debian packages the tests and benchmarks drive as real peers.
 DEB_PACKAGES := dcmtk orthanc fuse3 libfuse3-3 tmux python3-venv
 
-.PHONY: run test lint unit deps deps-run apt-install venv bench soak clean
+.PHONY: run test lint unit deps deps-run apt-install venv bench soak clean console-screenshots
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -58,7 +58,16 @@ soak: deps $(STAMP)
 
 ## Benchmarks against DCMTK and Orthanc in the same run; writes docs/benchmarks.md.
 bench: deps $(STAMP)
-	$(PY) -m bench.ingest --out docs/benchmarks.md && $(PY) -m bench.delivery --out docs/benchmarks.md
+	$(PY) -m bench.ingest --out docs/benchmarks.md && $(PY) -m bench.delivery --out docs/benchmarks.md \
+	  && $(PY) -m bench.control --out docs/benchmarks.md
+
+## Re-record the console's snapshots and copy them into the operator guide's pictures.
+console-screenshots: $(STAMP)
+	$(PY) -m pytest -q tests/unit/test_console_snapshots.py -k "not operator_guide" --snapshot-update
+	@mkdir -p docs/img
+	@for f in tests/unit/__snapshots__/test_console_snapshots/*.svg; do \
+	  case=$$(basename "$$f" .svg | sed -e 's/.*\[//' -e 's/\]//' -e 's/_/-/g'); \
+	  cp "$$f" "docs/img/console-$$case.svg"; done
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

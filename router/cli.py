@@ -54,6 +54,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(
             "Send a first study with DCMTK:\n"
             f"  storescu -aec {config.unit.ae_title} {ingest.host} {router.ingest.port} FILE.dcm\n"
+            "See where everything stands:  waystation status   (another terminal)\n"
             "Check what is held:  waystation spool verify   (Ctrl-C stops the router)",
             flush=True,
         )
@@ -173,6 +174,14 @@ def cmd_route_test(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_console(args: argparse.Namespace) -> int:
+    """The technician's console. Imported lazily: the router itself never loads Textual."""
+    from tui.main import run
+
+    socket = args.socket or _config(args.config).control_socket
+    return run(str(socket), relock_seconds=args.relock)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand."""
     parser = argparse.ArgumentParser(prog="waystation", description="Waystation DICOM router")
@@ -220,6 +229,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     route_test.add_argument("files", nargs="+", type=Path, metavar="FILE")
     route_test.set_defaults(func=cmd_route_test)
+
+    console = sub.add_parser("console", help="the technician's full-screen console")
+    where = console.add_mutually_exclusive_group()
+    where.add_argument("--socket", type=Path, help="the daemon's control socket")
+    where.add_argument("--config", type=Path, help="read the control socket from this config")
+    console.add_argument(
+        "--relock",
+        type=float,
+        default=120.0,
+        metavar="SECONDS",
+        help="lock again after this many seconds without a key press (default 120)",
+    )
+    console.set_defaults(func=cmd_console)
+
+    from router.control.commands import add_commands
+
+    add_commands(sub)
     return parser
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 import time
@@ -11,12 +12,17 @@ from datetime import datetime
 from router.alarms import Alarms
 from router.config.model import Config
 from router.config.rules import build_rules
+from router.control.auth import PinStore
+from router.control.context import ControlContext, ReaderPool
+from router.control.server import ControlServer, SocketInUse
 from router.core.objects import ObjectAttributes, PlannedDelivery, Source
 from router.core.retry import BackoffPolicy
 from router.core.routing import plan, wanted_keywords
+from router.delivery.commitment import CommitmentManager
 from router.delivery.dimse import Timeouts
 from router.delivery.queue import DeliveryQueue
 from router.delivery.worker import DestinationWorker
+from router.errors import ControlSocketError
 from router.ingest.scp import IngestServer
 from router.spool.recovery import RecoveryReport, recover
 from router.spool.retention import expire
@@ -48,6 +54,22 @@ class Router:
                 f"{self.recovery.set_aside} stored objects are not in the journal.",
             )
         self._rules = build_rules(config.routes)
+        delivery = config.delivery
+        policy = BackoffPolicy(first=delivery.retry_first, cap=delivery.retry_max)
+        timeouts = Timeouts(
+            connect=delivery.connect_timeout, response_base=delivery.response_timeout
+        )
+        # Only when a destination asks for it: then the ingest SCP also takes the reports.
+        self.commitment: CommitmentManager | None = None
+        if any(d.storage_commitment for d in config.destinations):
+            self.commitment = CommitmentManager(
+                config.destinations,
+                unit_ae=config.unit.ae_title,
+                spool=self.spool,
+                policy=policy,
+                connect_timeout=delivery.connect_timeout,
+                response_timeout=delivery.response_timeout,
+            )
         self.ingest = IngestServer(
             config.ingest,
             ae_title=config.unit.ae_title,
@@ -56,16 +78,13 @@ class Router:
             alarm=self.alarms.raise_,
             wanted_keywords=wanted_keywords(self._rules),
             on_stored=self._wake_workers,
+            commitment_reports=self.commitment.handle_report if self.commitment else None,
+            report_callers=self.commitment.report_callers if self.commitment else (),
         )
         self._stopping = threading.Event()
         self._health = threading.Thread(target=self._watch_health, name="health", daemon=True)
         self.queue = DeliveryQueue(
             self.spool, study_quiet_seconds=config.routing.study_quiet_period
-        )
-        delivery = config.delivery
-        policy = BackoffPolicy(first=delivery.retry_first, cap=delivery.retry_max)
-        timeouts = Timeouts(
-            connect=delivery.connect_timeout, response_base=delivery.response_timeout
         )
         self.workers = {
             destination.name: DestinationWorker(
@@ -80,6 +99,9 @@ class Router:
             for destination in config.destinations
         }
 
+        self.started_at = time.time()
+        self.control: ControlServer | None = None
+
     def _plan(self, attributes: ObjectAttributes, source: Source) -> list[PlannedDelivery]:
         first = self.config.routing.mode == "first"
         # Time windows are in the unit's local time, as people at the site read the clock.
@@ -92,15 +114,54 @@ class Router:
                 worker.wake()
 
     def start(self) -> None:
-        """Start receiving and delivering."""
+        """Start receiving and delivering, and serve the control API."""
+        # The control socket first: if another router already answers on it, this one must
+        # not start receiving (two routers on one spool would send everything twice).
+        context = ControlContext(
+            config=self.config,
+            spool=self.spool,
+            queue=self.queue,
+            workers=self.workers,
+            alarms=self.alarms,
+            pins=PinStore(self.config.pin_file),
+            readers=ReaderPool(self.spool),
+            started_at=self.started_at,
+        )
+        socket_path = self.config.control_socket
+        try:
+            self.control = ControlServer(socket_path, context)
+        except SocketInUse as exc:
+            context.readers.close()
+            raise ControlSocketError(f"cannot serve the control API: {exc}") from exc
+        except OSError as exc:
+            # Receiving and delivering matter more than the console: run without the API, and
+            # say so loudly (e.g. a file system that cannot hold a socket).
+            context.readers.close()
+            log.error("cannot serve the control API on %s: %s", socket_path, exc)
+            self.alarms.raise_(
+                "control-api-down",
+                f"The control API cannot start ({exc.strerror or exc}); the console and the "
+                "status commands will not work. Check [control] socket.",
+            )
         self.ingest.start()
         for worker in self.workers.values():
             worker.start()
+        if self.commitment is not None:
+            self.commitment.start()
         self._health.start()
+        if self.control is not None:
+            self.control.start()
+        # Why: pydicom's and pynetdicom's dictionaries are hundreds of thousands of objects that
+        # live as long as the process; each full garbage collection walked them all (~30 ms of
+        # CPU at random moments, in whichever thread allocated). Frozen, they are skipped.
+        gc.freeze()
 
     def stop(self, grace: float = 30.0) -> None:
         """Refuse new associations, let ongoing ones finish for up to ``grace`` seconds, stop."""
         self._stopping.set()
+        if self.control is not None:
+            self.control.stop()  # removes the socket: clients see "not running" at once
+            self.control.ctx.readers.close()
         self.ingest.refuse_new_associations()
         deadline = time.monotonic() + grace
         while self.ingest.ae.active_associations and time.monotonic() < deadline:
@@ -108,6 +169,8 @@ class Router:
         self.ingest.stop()
         for worker in self.workers.values():
             worker.stop()
+        if self.commitment is not None:
+            self.commitment.stop()
         self.spool.close()
 
     def _watch_health(self) -> None:

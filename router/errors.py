@@ -6,7 +6,8 @@ WaystationError
 │   ├── StorageFull        below min_free: new objects are refused (0xA700)
 │   ├── StorageFault       a write or fsync failed: nothing affected is acknowledged
 │   └── IntegrityError     a held object fails its AEAD tag or SHA-256 check
-└── KeyStoreError          the unit's key file is missing, unreadable or malformed
+├── KeyStoreError          the unit's key file is missing, unreadable or malformed
+└── ControlSocketError     the control API's socket cannot be served
 """
 
 from __future__ import annotations
@@ -56,3 +57,9 @@ class KeyStoreError(WaystationError):
     """The unit key file is missing, unreadable or malformed."""
 
     code = "WS200"
+
+
+class ControlSocketError(WaystationError):
+    """The control API's Unix socket cannot be created (or another router serves it)."""
+
+    code = "WS300"

@@ -155,6 +155,14 @@ class DimseDestination(_Strict):
     # Concurrent associations to this destination (each sends the queue in priority order).
     associations: int = Field(default=1, ge=1, le=8)
     changes: TagChanges = Field(default_factory=TagChanges)
+    # Count an object delivered only once the destination commits to keeping it (Storage
+    # Commitment Push Model); until then it stays "committing" and is never deleted.
+    storage_commitment: bool = Field(default=False, strict=True)  # true or false, not "yes"
+    # How long to wait for the commitment result before asking again (and, after a second
+    # silence as long, sending the objects again).
+    commitment_timeout: Annotated[float, BeforeValidator(parse_duration)] = Field(
+        default=3600.0, ge=1, le=7 * 86400
+    )
 
 
 Seconds = Annotated[float, BeforeValidator(parse_duration)]
@@ -168,6 +176,18 @@ class DeliveryConfig(_Strict):
     # The answer to an object may take this long plus its size at 64 KiB/s.
     response_timeout: Seconds = Field(default=30.0, ge=1, le=3600)
     connect_timeout: Seconds = Field(default=15.0, ge=1, le=600)
+
+
+class ControlConfig(_Strict):
+    """The control API on a Unix socket (the console, the CLI and scripts use it).
+
+    Only root, the daemon's own user and members of ``operators_group`` may use it."""
+
+    # Default: ``control.sock`` in the state directory (the spool directory's parent).
+    socket: Path | None = None
+    operators_group: str = Field(default="waystation", min_length=1, max_length=32)
+    # The operator PIN's salted hash; default ``operator.pin`` in the state directory.
+    pin_file: Path | None = None
 
 
 Priority = Literal["stat", "urgent", "routine", "bulk"]
@@ -286,6 +306,7 @@ class Config(_Strict):
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     routing: RoutingConfig = Field(default_factory=RoutingConfig)
     delivery: DeliveryConfig = Field(default_factory=DeliveryConfig)
+    control: ControlConfig = Field(default_factory=ControlConfig)
     destinations: list[DimseDestination] = Field(default_factory=list)
     routes: list[Route] = Field(default_factory=list)
 
@@ -297,4 +318,27 @@ class Config(_Strict):
                 "key_file": (base / self.spool.key_file).resolve() if self.spool.key_file else None,
             }
         )
-        return self.model_copy(update={"spool": spool})
+        control = self.control.model_copy(
+            update={
+                "socket": (base / self.control.socket).resolve() if self.control.socket else None,
+                "pin_file": (base / self.control.pin_file).resolve()
+                if self.control.pin_file
+                else None,
+            }
+        )
+        return self.model_copy(update={"spool": spool, "control": control})
+
+    @property
+    def state_dir(self) -> Path:
+        """The unit's state directory: the spool directory's parent."""
+        return self.spool.path.parent
+
+    @property
+    def control_socket(self) -> Path:
+        """The control API's socket: configured, or ``control.sock`` in the state directory."""
+        return self.control.socket or self.state_dir / "control.sock"
+
+    @property
+    def pin_file(self) -> Path:
+        """The operator PIN's hash file: configured, or ``operator.pin`` in the state dir."""
+        return self.control.pin_file or self.state_dir / "operator.pin"

@@ -23,6 +23,10 @@ Endpoints (HTTP/1.1 + JSON on the daemon's Unix socket, all under ``/v1``):
     POST /v1/studies/{study_id}/priority     ActionRequest(priority) -> ActionResult
     POST /v1/studies/{study_id}/resend       ActionRequest(destination, pin) -> ActionResult
     POST /v1/studies/{study_id}/discard      ActionRequest(reason, pin) -> ActionResult
+    POST /v1/pin/check                       ActionRequest(pin) -> {"ok": bool}
+
+Reads that may show patient data (studies, study detail) unmask it only when the request
+carries the operator PIN in the ``X-Waystation-PIN`` header.
 
 Errors answer 4xx/5xx with an ApiError body.
 """
@@ -95,8 +99,10 @@ class DestinationView(_Model):
     queued: dict[Priority, int] = Field(default_factory=dict)  # pending, by priority
     queued_total: int = 0
     inflight: int = 0
+    committing: int = 0  # stored there, awaiting its Storage Commitment result
     failed: int = 0  # refused for good; waiting for an operator
     oldest_waiting_at: float | None = None  # receive time of the oldest undelivered object
+    studies_waiting: int = 0  # studies with a copy for it not yet delivered (added in v1)
     last_success_at: float | None = None
     next_retry_at: float | None = None
     last_error: str = ""
@@ -135,6 +141,7 @@ class DeliveryCounts(_Model):
     inflight: int = 0
     failed: int = 0
     discarded: int = 0
+    committing: int = 0  # stored at the destination, awaiting its Storage Commitment
 
 
 class StudySummary(_Model):

@@ -1,7 +1,9 @@
 """The delivery queue in the journal: claim work by priority, record each outcome.
 
 A delivery moves pending -> inflight (claimed by a worker) -> delivered | pending (transient
-failure, with a time to retry) | failed (permanent; waits for an operator). It changes only
+failure, with a time to retry) | failed (permanent; waits for an operator). To a destination
+with Storage Commitment, a stored object goes inflight -> committing, and only the
+destination's commitment result makes it delivered (see commitment.py). It changes only
 on the destination's response; a crash leaves it inflight, and recovery makes it pending again,
 so an object in flight at a crash is sent again (duplicates bounded by what was in flight).
 """
@@ -40,6 +42,7 @@ class QueueDepth:
     next_attempt_at: float | None
     last_delivered_at: float | None
     last_error: str | None
+    committing: int = 0  # stored, waiting for the destination's Storage Commitment result
 
 
 class DeliveryQueue:
@@ -84,9 +87,13 @@ class DeliveryQueue:
         retry_at: float | None = None,
         now: float | None = None,
         extra: dict[str, Any] | None = None,
+        awaiting_commitment: bool = False,
     ) -> Future[Any]:
         """Record one attempt's outcome. Returns at once; the journal commits it in the next
-        batch (if a crash loses it, the delivery is inflight and is simply sent again)."""
+        batch (if a crash loses it, the delivery is inflight and is simply sent again).
+
+        With ``awaiting_commitment`` a stored object is not delivered yet: it becomes
+        "committing" until the destination's Storage Commitment result."""
         at = time.time() if now is None else now
         state = {"delivered": "delivered", "transient": "pending", "permanent": "failed"}[
             verdict.verdict
@@ -94,6 +101,8 @@ class DeliveryQueue:
         event = {"delivered": "delivered", "transient": "attempt-failed", "permanent": "failed"}[
             verdict.verdict
         ]
+        if state == "delivered" and awaiting_commitment:
+            state, event = "committing", "stored"
         detail: dict[str, Any] = {
             "destination": destination,
             "attempt": claimed.attempts,
@@ -103,6 +112,8 @@ class DeliveryQueue:
         if retry_at is not None:
             detail["retry_at"] = round(retry_at, 3)
         detail.update(extra or {})
+        if event == "stored":
+            detail["reason"] = "stored, awaiting commitment"
 
         def transaction(conn: sqlite3.Connection) -> None:
             changed = conn.execute(
@@ -198,8 +209,8 @@ class DeliveryQueue:
             (destination,),
         ):
             pending[int(priority)] = int(count)
-        inflight, failed, next_at, last_at = conn.execute(
-            "SELECT sum(state = 'inflight'), sum(state = 'failed'),"
+        inflight, failed, committing, next_at, last_at = conn.execute(
+            "SELECT sum(state = 'inflight'), sum(state = 'failed'), sum(state = 'committing'),"
             " min(CASE WHEN state = 'pending' THEN next_attempt_at END),"
             " max(CASE WHEN state = 'delivered' THEN updated_at END)"
             " FROM deliveries WHERE destination = ?",
@@ -207,7 +218,8 @@ class DeliveryQueue:
         ).fetchone()
         oldest = conn.execute(
             "SELECT min(o.received_at) FROM deliveries d JOIN objects o ON o.id = d.object_id"
-            " WHERE d.destination = ? AND d.state IN ('pending', 'inflight', 'failed')",
+            " WHERE d.destination = ?"
+            " AND d.state IN ('pending', 'inflight', 'failed', 'committing')",
             (destination,),
         ).fetchone()[0]
         error = conn.execute(
@@ -223,4 +235,5 @@ class DeliveryQueue:
             next_attempt_at=next_at,
             last_delivered_at=last_at,
             last_error=error[0] if error else None,
+            committing=int(committing or 0),
         )

@@ -172,7 +172,13 @@ class DestinationWorker:
                 self.queue.record(name, claimed, verdict, retry_at=retry_at)
                 log.info("object %s: %s Retried later.", claimed.object_id, verdict.reason)
             else:
-                self.queue.record(name, claimed, verdict, extra=_what_was_changed(outcome))
+                self.queue.record(
+                    name,
+                    claimed,
+                    verdict,
+                    extra=_what_was_changed(outcome),
+                    awaiting_commitment=self.destination.storage_commitment,
+                )
                 self._count(verdict)
                 if verdict.verdict == "permanent":
                     # Object ids and reasons only: the reason names the destination and the

@@ -6,6 +6,12 @@ The answer to every C-STORE is decided here, and each failure has its status:
     0xA700  out of resources: spool below min_free, a write or fsync failed
     0xC210  cannot understand: the data set could not be decoded
     0xC211  an unexpected error; contained, logged, the service goes on
+    0x0124  refused: not authorised - a caller admitted only to send Storage Commitment
+            reports (a destination's AE title added to allowed_callers) sent an object
+
+Storage Commitment reports (N-EVENT-REPORT, Push Model) that destinations send on an
+association of their own are accepted here, with SCP/SCU role selection (the destination
+proposes the SCP role), and handed to the ``commitment_reports`` handler.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import traceback
 from collections.abc import Callable, Sequence
 from typing import Any, BinaryIO, cast
 
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
@@ -37,9 +44,14 @@ STATUS_SUCCESS = 0x0000
 STATUS_OUT_OF_RESOURCES = 0xA700
 STATUS_CANNOT_UNDERSTAND = 0xC210
 STATUS_UNEXPECTED = 0xC211
+STATUS_NOT_AUTHORISED = 0x0124
+STATUS_PROCESSING_FAILURE = 0x0110
+STORAGE_COMMITMENT_PUSH_MODEL = "1.2.840.10008.1.20.1"
 
 Planner = Callable[[ObjectAttributes, Source], Sequence[PlannedDelivery]]
 AlarmSink = Callable[[str, str], None]
+# Handles one N-EVENT-REPORT event; returns its response status.
+ReportSink = Callable[[evt.Event], int]
 
 # pynetdicom's network thread polls every 1 ms by default; each hand-off between its threads
 # costs up to that. 0.2 ms roughly doubles small-object throughput for little idle CPU.
@@ -59,6 +71,8 @@ class IngestServer:
         alarm: AlarmSink,
         wanted_keywords: frozenset[str] = frozenset(),
         on_stored: Callable[[Sequence[PlannedDelivery]], None] = lambda deliveries: None,
+        commitment_reports: ReportSink | None = None,
+        report_callers: Sequence[str] = (),
     ) -> None:
         pynetdicom_setup.configure()
         self.config = config
@@ -68,6 +82,12 @@ class IngestServer:
         # The attributes routing rules test; only these are decoded from each header.
         self._wanted_keywords = wanted_keywords
         self._on_stored = on_stored
+        self._commitment_reports = commitment_reports
+        # Destinations that may call only to report commitment results (when allowed_callers
+        # restricts who may call at all).
+        self._report_only = (
+            set(report_callers) - set(config.allowed_callers) if config.allowed_callers else set()
+        )
         self._server: ThreadedAssociationServer | None = None
         self._open: dict[int, set[IncomingObject]] = {}
         self._open_lock = threading.Lock()
@@ -83,8 +103,18 @@ class IngestServer:
         ae.dimse_timeout = self.config.dimse_timeout
         ae.network_timeout = self.config.network_timeout
         if self.config.allowed_callers:
-            ae.require_calling_aet = list(self.config.allowed_callers)
+            ae.require_calling_aet = sorted(set(self.config.allowed_callers) | self._report_only)
         ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
+        if self._commitment_reports is not None:
+            # The destination sends its report as the Storage Commitment SCP on an association
+            # it opens: accept its proposed SCP role (and not an SCU role: this unit commits
+            # nothing for others).
+            ae.add_supported_context(
+                STORAGE_COMMITMENT_PUSH_MODEL,
+                [ExplicitVRLittleEndian, ImplicitVRLittleEndian],
+                scu_role=False,
+                scp_role=True,
+            )
         return ae
 
     def start(self) -> None:
@@ -96,6 +126,8 @@ class IngestServer:
             (evt.EVT_CONN_OPEN, self._on_open),
             (evt.EVT_CONN_CLOSE, self._on_close),
         ]
+        if self._commitment_reports is not None:
+            handlers.append((evt.EVT_N_EVENT_REPORT, self._on_event_report))
         self._server = self.ae.start_server(
             (self.config.host, self.config.port), block=False, evt_handlers=handlers
         )
@@ -152,11 +184,30 @@ class IngestServer:
         for incoming in leftovers:
             incoming.discard()
 
+    def _on_event_report(self, event: evt.Event) -> tuple[int, None]:
+        sink = self._commitment_reports
+        request: Any = event.request
+        if sink is None or str(request.AffectedSOPClassUID) != STORAGE_COMMITMENT_PUSH_MODEL:
+            return 0x0118, None  # no such SOP class
+        try:
+            return sink(event), None
+        except Exception as exc:  # contained; the type only (the text can quote values)
+            log.error("storage commitment report could not be handled: %s", type(exc).__name__)
+            return STATUS_PROCESSING_FAILURE, None
+
     def _on_store(self, event: evt.Event) -> int:
         incoming = getattr(event.request, "_dataset_file", None)
         if not isinstance(incoming, IncomingObject):
             log.error("C-STORE without a spooled data set; refusing")
             return STATUS_UNEXPECTED
+        if str(event.assoc.requestor.ae_title).strip() in self._report_only:
+            self._forget(event.assoc, incoming)
+            incoming.discard()
+            log.warning(
+                "C-STORE from %s refused: it may only send Storage Commitment reports",
+                event.assoc.requestor.ae_title,
+            )
+            return STATUS_NOT_AUTHORISED
         # Claim the object first: from here on only this handler may remove its blob, even if
         # the connection closes while it is being committed.
         self._forget(event.assoc, incoming)

@@ -22,7 +22,7 @@ from typing import Any
 
 from router.errors import StorageFault, StorageFull
 from router.spool.fsio import fsync_dir
-from router.spool.schema import SCHEMA, SCHEMA_VERSION
+from router.spool.schema import MIGRATE_2_TO_3, READ_MODEL, SCHEMA, SCHEMA_VERSION
 
 log = logging.getLogger("waystation.journal")
 
@@ -50,15 +50,28 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
 
 
 def create_schema(conn: sqlite3.Connection) -> None:
-    """Create the tables if needed and check the schema version."""
+    """Create the tables if needed, migrate an older journal, and check the schema version."""
     conn.executescript(SCHEMA)
     row = conn.execute("SELECT value FROM journal_meta WHERE key = 'schema'").fetchone()
     if row is None:
+        conn.executescript(READ_MODEL)
         conn.execute(
             "INSERT INTO journal_meta(key, value) VALUES ('schema', ?)", (str(SCHEMA_VERSION),)
         )
+    elif int(row[0]) == 2:
+        # One transaction: a journal is either still version 2 or fully version 3.
+        conn.executescript(
+            "BEGIN IMMEDIATE;"
+            + READ_MODEL
+            + MIGRATE_2_TO_3
+            + f"UPDATE journal_meta SET value = '{SCHEMA_VERSION}' WHERE key = 'schema';"
+            + "COMMIT;"
+        )
+        log.info("journal migrated from schema 2 to %d", SCHEMA_VERSION)
     elif int(row[0]) != SCHEMA_VERSION:
         raise StorageFault(f"journal schema {row[0]} is not the supported {SCHEMA_VERSION}")
+    else:
+        conn.executescript(READ_MODEL)
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """Retention: delete objects every destination has confirmed, once the retention period has
 passed, destroying their data keys (crypto-shredding). Undelivered objects are never deleted,
-whatever the free space.
+whatever the free space; copies an operator discarded count as settled (docs/control-api.md).
 
 Order: first one journal commit destroys the wrapped key, the sealed metadata and any inline
 blob and marks the object deleted - from then on it is unreadable; then the blob file is
@@ -25,7 +25,7 @@ WHERE o.state IN ('held', 'superseded') AND o.received_at < :cutoff
   AND EXISTS (SELECT 1 FROM deliveries d WHERE d.object_id = o.id)
   AND NOT EXISTS (
     SELECT 1 FROM deliveries d WHERE d.object_id = o.id
-    AND (d.state NOT IN ('delivered', 'cancelled') OR d.updated_at >= :cutoff))
+    AND (d.state NOT IN ('delivered', 'cancelled', 'discarded') OR d.updated_at >= :cutoff))
 LIMIT :limit
 """
 

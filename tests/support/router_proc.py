@@ -14,6 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
+from router.control.client import ControlClient
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -72,6 +74,17 @@ class RouterProcess:
         self.env = {**os.environ, **(env or {})}
         self.log_path = log or config.parent / "router.log"
         self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def socket_path(self) -> Path:
+        """The control API's Unix socket, as the router finds it in its configuration."""
+        from router.config import load_config
+
+        return load_config(self.config).control_socket
+
+    def client(self, timeout: float = 10.0) -> ControlClient:
+        """A control API client for this router."""
+        return ControlClient(self.socket_path, timeout=timeout)
 
     def start(self, timeout: float = 60.0) -> RouterProcess:
         """Start and wait for the ready line; raises with the log if it does not come."""

@@ -197,16 +197,21 @@ class ScriptedSCP:
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> Self:
         """Listen on 127.0.0.1 (``port`` is then the bound port)."""
-        handlers: list[EventHandlerType] = [
-            (evt.EVT_REQUESTED, self._on_requested),
-            (evt.EVT_REJECTED, self._on_builtin_reject),
-            (evt.EVT_C_STORE, self._on_store),
-        ]
-        server = self._ae.start_server(("127.0.0.1", self.port), block=False, evt_handlers=handlers)
+        server = self._ae.start_server(
+            ("127.0.0.1", self.port), block=False, evt_handlers=self._handlers()
+        )
         assert server is not None  # block=False returns the running server
         self._server = server
         self.port = int(server.server_address[1])
         return self
+
+    def _handlers(self) -> list[EventHandlerType]:
+        """The event handlers bound at start (subclasses add their own)."""
+        return [
+            (evt.EVT_REQUESTED, self._on_requested),
+            (evt.EVT_REJECTED, self._on_builtin_reject),
+            (evt.EVT_C_STORE, self._on_store),
+        ]
 
     def close(self) -> None:
         """Stop listening, abort open associations and join their threads. Idempotent."""

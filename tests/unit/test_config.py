@@ -59,6 +59,16 @@ def test_the_documented_example_loads_as_written(tmp_path: Path) -> None:
     assert config.routes[0].to == ["pacs"]
 
 
+def test_storage_commitment_is_off_unless_asked_for(tmp_path: Path) -> None:
+    assert not load_config(write(tmp_path, EXAMPLE)).destinations[0].storage_commitment
+    text = EXAMPLE.replace(
+        "port = 11113", 'port = 11113\nstorage_commitment = true\ncommitment_timeout = "2 h"'
+    )
+    destination = load_config(write(tmp_path, text)).destinations[0]
+    assert destination.storage_commitment
+    assert destination.commitment_timeout == 7200.0
+
+
 def test_misspelt_key_names_file_line_key_and_suggestion(tmp_path: Path) -> None:
     path = write(tmp_path, EXAMPLE.replace("min_free =", "min_fre ="))
     [problem] = problems(path)
@@ -89,6 +99,10 @@ def test_route_to_unknown_destination_suggests_the_right_one(tmp_path: Path) -> 
         ('ae_title = "WAYSTATION"', 'ae_title = "A_VERY_LONG_AE_TITLE"', "1 to 16"),
         ('min_free = "1 GiB"', 'min_free = "lots"', "is not a size"),
         ('type = "dimse"', 'type = "ftp"', "dimse"),
+        ("port = 11113", 'port = 11113\nstorage_commitment = "yes"', "valid boolean"),
+        ("port = 11113", 'port = 11113\ncommitment_timeout = "soon"', "is not a duration"),
+        ("port = 11113", 'port = 11113\ncommitment_timeout = "0 s"', "greater than or equal to 1"),
+        ("port = 11113", "port = 11113\nstorage_comitment = true", "'storage_commitment'"),
     ],
 )
 def test_bad_values_are_explained(tmp_path: Path, old: str, new: str, expected: str) -> None:

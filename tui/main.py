@@ -1,0 +1,13 @@
+"""Start the console on a control socket: ``waystation console`` calls :func:`run`."""
+
+from __future__ import annotations
+
+from router.control.client import ControlClient
+from tui.app import ConsoleApp
+
+
+def run(socket_path: str, *, relock_seconds: float = 120.0) -> int:
+    """Run the console until the technician quits; returns the exit code (0)."""
+    client = ControlClient(socket_path)
+    ConsoleApp(client, socket_label=socket_path, relock_seconds=relock_seconds).run()
+    return 0
