@@ -1,21 +1,19 @@
 """Sending held objects to a DICOM C-STORE destination, exactly as they were received.
 
-The stored plaintext is a Part 10 file; pynetdicom streams its data set from a decrypting
-reader (see pynetdicom_setup.register_stream), so nothing is decoded, re-encoded or written in
+The sender runs on Waystation's own synchronous upper layer (:mod:`router.dicom`) in the
+worker's thread: no pynetdicom threads, no polling, no queue hand-offs (docs/architecture.md
+says why). The stored plaintext is a Part 10 file; its data set is streamed from the spool's
+decrypting reader straight into ``sendmsg``, so nothing is decoded, re-encoded or written in
 plaintext. An association is kept open across objects and batches, and reopened when an
 object needs a presentation context the current association lacks.
 """
 
 from __future__ import annotations
 
-import contextlib
 import io
 import logging
-import socket
 import time
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, BinaryIO
 
 from pydicom import dcmread
 from pydicom.uid import (
@@ -24,20 +22,28 @@ from pydicom.uid import (
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
 )
-from pynetdicom import AE
-from pynetdicom.dimse_primitives import C_STORE
-from pynetdicom.dsutils import encode, split_dataset
+from pynetdicom.dsutils import encode
 
 from router.config.model import DimseDestination
 from router.core.retry import Outcome
 from router.delivery.changes import apply_changes
+from router.dicom import association, commands
+from router.dicom.association import Association
+from router.dicom.errors import (
+    AssociationRejected,
+    DicomNetError,
+    NetworkTimeout,
+    UnexpectedMessage,
+)
+from router.dicom.part10 import FileMeta, NotPart10, read_file_meta
 from router.errors import IntegrityError
 from router.ingest import pynetdicom_setup
+from router.spool.crypto import BlobReader
 from router.spool.spool import HeldObject, Spool
 
 log = logging.getLogger("waystation.delivery")
 
-_MAX_CONTEXTS = 128
+_MAX_CONTEXTS = association.MAX_CONTEXTS
 # Syntaxes whose data sets convert to Explicit/Implicit VR Little Endian without loss.
 _CONVERTIBLE = {
     str(s)
@@ -47,6 +53,9 @@ _CONVERTIBLE = {
         DeflatedExplicitVRLittleEndian,
     )
 }
+_UNCOMPRESSED = (str(ExplicitVRLittleEndian), str(ImplicitVRLittleEndian))
+# Releasing an association waits at most this long for the destination's A-RELEASE-RP.
+_RELEASE_TIMEOUT = 10.0
 
 
 @dataclass(frozen=True)
@@ -59,7 +68,7 @@ class Timeouts:
     min_rate: float = 64 * 1024  # bytes per second a live link is assumed to manage at least
 
     def response(self, size: int) -> float:
-        """Seconds to wait for the answer to an object of ``size`` bytes."""
+        """Seconds to send an object of ``size`` bytes and receive its answer."""
         return self.response_base + size / self.min_rate
 
 
@@ -74,15 +83,13 @@ class DimseSender:
         spool: Spool,
         timeouts: Timeouts | None = None,
     ) -> None:
-        pynetdicom_setup.configure()
+        pynetdicom_setup.configure()  # pydicom's warnings quote values: silenced for _prepare
         self.destination = destination
         self.unit_ae = unit_ae
         self.spool = spool
         self.timeouts = timeouts or Timeouts()
-        self._assoc: Any = None
-        self._context_ids: dict[tuple[str, str], int] = {}
-        self._message_id = 0
-        self._contexts: set[tuple[str, str]] = set()
+        self._assoc: Association | None = None
+        self._contexts: set[tuple[str, str]] = set()  # proposed on the open association
         self._last_used = 0.0
 
     def send(self, held: HeldObject, sop_class: str, syntax: str, priority: int = 2) -> Outcome:
@@ -93,11 +100,13 @@ class DimseSender:
         with the changes applied and/or converted to an uncompressed syntax the destination
         accepts - only where that conversion is lossless."""
         wanted = (sop_class, syntax)
-        if self._assoc is None or not self._assoc.is_established or wanted not in self._contexts:
-            outcome = self._associate({wanted})
-            if outcome is not None:
-                return outcome
-        target = self._target(wanted)
+        assoc = self._assoc
+        if assoc is None or wanted not in self._contexts or assoc.peer_gone():
+            opened = self._associate({wanted})
+            if isinstance(opened, Outcome):
+                return opened
+            assoc = opened
+        target = self._target(assoc, wanted)
         if target is None:
             return Outcome("no-context", detail=f"{_name(sop_class)} as {_name(syntax)}")
         if target != wanted and syntax not in _CONVERTIBLE:
@@ -107,53 +116,96 @@ class DimseSender:
                 f"{_name(syntax)}, and converting from it is not supported",
             )
         try:
-            opener = self._opener(held)
+            reader = self.spool.open_object(held)
         except IntegrityError as exc:
             return Outcome("unreadable", detail=str(exc))
-        path = pynetdicom_setup.register_stream(opener)
-        changed: list[str] = []
-        try:
-            self._assoc.dimse_timeout = self.timeouts.response(held.size)
-            if target == wanted and not self.destination.changes.active:
-                status = self._store(path, target, priority)
-            else:
-                try:
-                    encoded, changed = self._prepare(opener, target)
-                except IntegrityError:
-                    raise
-                except Exception as exc:  # a bad tag change or an undecodable object
-                    return Outcome("unpreparable", detail=type(exc).__name__)
-                status = self._store(path, target, priority, encoded=encoded)
-        except (OSError, RuntimeError, ValueError, AttributeError, IntegrityError) as exc:
-            log.warning("sending to %s failed: %s", self.destination.name, type(exc).__name__)
-            self.close()
-            if isinstance(exc, IntegrityError):
-                return Outcome("unreadable", detail=str(exc))
-            return Outcome("aborted", detail=type(exc).__name__)
-        finally:
-            pynetdicom_setup.unregister_stream(path)
+        with reader:
+            outcome = self._send_from(assoc, reader, held, wanted, target, priority)
         self._last_used = time.monotonic()
-        if status is not None:
-            converted = target[1] if target != wanted else ""
-            return Outcome("status", status=status, changed=tuple(changed), converted=converted)
-        aborted = not self._assoc.is_established
-        self.close()
-        return Outcome("aborted" if aborted else "no-response")
+        return outcome
 
-    def _target(self, wanted: tuple[str, str]) -> tuple[str, str] | None:
+    def _send_from(
+        self,
+        assoc: Association,
+        reader: BlobReader,
+        held: HeldObject,
+        wanted: tuple[str, str],
+        target: tuple[str, str],
+        priority: int,
+    ) -> Outcome:
+        try:
+            meta = read_file_meta(reader)
+        except (NotPart10, IntegrityError) as exc:
+            return Outcome("unreadable", detail=str(exc))
+        changed: list[str] = []
+        dataset: bytes | BlobReader
+        instance = meta.sop_instance
+        if target == wanted and not self.destination.changes.active:
+            reader.seek(meta.dataset_offset)
+            dataset, length = reader, reader.size - meta.dataset_offset
+        else:
+            try:
+                dataset, changed, instance = self._prepare(reader, meta, target)
+            except IntegrityError as exc:
+                return Outcome("unreadable", detail=str(exc))
+            except Exception as exc:  # a bad tag change or an undecodable object
+                return Outcome("unpreparable", detail=type(exc).__name__)
+            length = len(dataset)
+        context_id = assoc.context_id(*target)
+        assert context_id is not None  # _target chose an accepted pair
+        message_id = assoc.next_message_id()
+        request = commands.c_store_rq(message_id, target[0], instance, priority)
+        deadline = time.monotonic() + self.timeouts.response(held.size)
+        try:
+            answer = assoc.exchange(
+                context_id,
+                request,
+                message_id=message_id,
+                response_field=commands.C_STORE_RSP,
+                dataset=dataset,
+                length=length,
+                deadline=deadline,
+            )
+        except (DicomNetError, IntegrityError, ValueError, OSError) as exc:
+            return self._failed(assoc, exc)
+        status = answer.command.status
+        if status is None:  # a C-STORE-RSP without a status answers nothing
+            assoc.abort()
+            self._assoc = None
+            return Outcome("no-response", detail="the answer had no status")
+        converted = target[1] if target != wanted else ""
+        return Outcome("status", status=status, changed=tuple(changed), converted=converted)
+
+    def _failed(self, assoc: Association, exc: BaseException) -> Outcome:
+        """The association is unusable after ``exc``: close it and say what happened."""
+        log.warning("sending to %s failed: %s", self.destination.name, type(exc).__name__)
+        assoc.abort()
+        self._assoc = None
+        if isinstance(exc, IntegrityError):
+            return Outcome("unreadable", detail=str(exc))
+        if isinstance(exc, NetworkTimeout | UnexpectedMessage):
+            return Outcome("no-response", detail=type(exc).__name__)
+        return Outcome("aborted", detail=type(exc).__name__)
+
+    def _target(self, assoc: Association, wanted: tuple[str, str]) -> tuple[str, str] | None:
         """The accepted context to use: the object's own syntax, else an uncompressed one."""
-        accepted = self._accepted()
+        accepted = assoc.accepted_pairs()
         if wanted in accepted:
             return wanted
-        for syntax in (ExplicitVRLittleEndian, ImplicitVRLittleEndian):
-            if (wanted[0], str(syntax)) in accepted:
-                return (wanted[0], str(syntax))
+        for syntax in _UNCOMPRESSED:
+            if (wanted[0], syntax) in accepted:
+                return (wanted[0], syntax)
         return None
 
-    def _prepare(self, opener: Any, target: tuple[str, str]) -> tuple[bytes, list[str]]:
-        """Decode the held object, apply this destination's changes, encode in ``target``."""
-        with opener() as stream:
-            dataset = dcmread(stream, force=False)
+    def _prepare(
+        self, reader: BlobReader, meta: FileMeta, target: tuple[str, str]
+    ) -> tuple[bytes, list[str], str]:
+        """Decode the held object, apply this destination's changes, encode in ``target``.
+        Returns the encoded data set, the keywords changed and the SOP Instance UID."""
+        reader.seek(0)
+        # Buffered: pydicom expects read(n) to return n bytes until the end, and the
+        # decrypting reader stops at its chunk boundaries.
+        dataset = dcmread(io.BufferedReader(reader, 1024 * 1024), force=False)
         changed = apply_changes(dataset, self.destination.changes)
         syntax = UID(target[1])
         encoded = encode(
@@ -161,111 +213,25 @@ class DimseSender:
         )
         if encoded is None:
             raise ValueError("the data set could not be encoded")
-        return encoded, changed
+        instance = str(dataset.get("SOPInstanceUID", "") or meta.sop_instance)
+        return encoded, changed, instance
 
-    def _store(
-        self,
-        path: Path,
-        context: tuple[str, str],
-        priority: int,
-        *,
-        encoded: bytes | None = None,
-    ) -> int | None:
-        """One C-STORE on the open association; the answer's status, or None (timeout/abort).
-
-        pynetdicom's own send_c_store unpauses its reactor thread after each request; when
-        the next answer arrives quickly (TCP_NODELAY) that thread can take it off the queue
-        first and drop it as "unexpected", leaving the sender waiting for its timeout. This
-        sender keeps the reactor paused for the association's whole life (see _associate)
-        and reads the answer itself."""
-        assoc = self._assoc
-        file_meta, offset = split_dataset(path)
-        context_id = self._context_ids[context]
-        self._message_id = self._message_id % 65535 + 1
-        request = C_STORE()
-        request.MessageID = self._message_id
-        request.AffectedSOPClassUID = context[0]
-        request.AffectedSOPInstanceUID = file_meta.MediaStorageSOPInstanceUID
-        request.Priority = priority
-        if encoded is None:
-            request._dataset_path = (path, offset)  # the stored bytes, streamed as they are
-        else:
-            request.DataSet = io.BytesIO(encoded)
-        assoc.dimse.send_msg(request, context_id)
-        _, response = assoc.dimse.get_msg(block=True)
-        if response is None or getattr(response, "Status", None) is None:
-            return None
-        if getattr(response, "MessageIDBeingRespondedTo", None) != self._message_id:
-            return None  # not the answer to this request: treat as no answer, resend later
-        return int(response.Status)
-
-    def _opener(self, held: HeldObject) -> Any:
-        reader = self.spool.open_object(held)  # checks the key now: fail before associating
-        reader.close()
-
-        def open_stream() -> BinaryIO:
-            # Buffered: pynetdicom expects read(n) to return n bytes until the end.
-            return io.BufferedReader(self.spool.open_object(held), 1024 * 1024)
-
-        return open_stream
-
-    def _accepted(self) -> set[tuple[str, str]]:
-        return set(self._context_ids)
-
-    def _associate(self, needed: set[tuple[str, str]]) -> Outcome | None:
+    def _associate(self, needed: set[tuple[str, str]]) -> Association | Outcome:
         self.close()
         contexts = needed | self._contexts
         if len(contexts) > _MAX_CONTEXTS:
             contexts = needed
         # Uncompressed alternatives for each SOP class, for lossless conversion when the
         # destination does not accept an object's own transfer syntax.
-        fallbacks = {
-            (sop_class, str(syntax))
-            for sop_class, _ in contexts
-            for syntax in (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
-        }
+        fallbacks = {(sop_class, syntax) for sop_class, _ in contexts for syntax in _UNCOMPRESSED}
         if len(contexts | fallbacks) <= _MAX_CONTEXTS:
             contexts = contexts | fallbacks
-        ae = AE(ae_title=self.unit_ae)
-        ae.acse_timeout = self.timeouts.connect
-        ae.network_timeout = self.timeouts.response_base
-        ae.connection_timeout = self.timeouts.connect
-        for sop_class, syntax in sorted(contexts):
-            ae.add_requested_context(sop_class, [syntax])
-        dest = self.destination
-        try:
-            assoc: Any = ae.associate(dest.host, dest.port, ae_title=dest.ae_title)
-        except (OSError, RuntimeError, ValueError) as exc:
-            return Outcome("unreachable", detail=type(exc).__name__)
-        if assoc.is_established:
-            # Pause pynetdicom's reactor for good (see _store): it is waiting at its checkpoint
-            # once _is_paused is True, because nothing here sets the checkpoint again.
-            assoc._reactor_checkpoint.clear()
-            deadline = time.monotonic() + self.timeouts.connect
-            while not assoc._is_paused and time.monotonic() < deadline:
-                time.sleep(0.0001)
-            # Safe now that the answers are read here: without it, Nagle's algorithm and the
-            # peer's delayed ACK cost ~40 ms per object (PERFORMANCE.md, gotchas 1 and 2).
-            with contextlib.suppress(AttributeError, OSError):
-                assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self._context_ids = {
-                (str(cx.abstract_syntax), str(cx.transfer_syntax[0])): int(cx.context_id)
-                for cx in assoc.accepted_contexts
-            }
-            self._message_id = 0
-            self._assoc = assoc
+        proposals = [(sop_class, [syntax]) for sop_class, syntax in sorted(contexts)]
+        opened = open_association(self.destination, self.unit_ae, self.timeouts, proposals)
+        if isinstance(opened, Association):
+            self._assoc = opened
             self._contexts = contexts
-            return None
-        if assoc.is_rejected:
-            primitive: Any = assoc.acceptor.primitive
-            return Outcome(
-                "rejected",
-                result=int(primitive.result or 0),
-                source=int(primitive.result_source or 0),
-                reason=int(primitive.diagnostic or 0),
-            )
-        # pynetdicom reports a failed TCP connect as "aborted" too: ask the network which.
-        return Outcome(_connection_failure(dest.host, dest.port))
+        return opened
 
     def idle_for(self) -> float:
         """Seconds since the association last carried an object."""
@@ -274,23 +240,93 @@ class DimseSender:
     def close(self) -> None:
         """Release the association (abort if it does not release cleanly)."""
         assoc, self._assoc = self._assoc, None
-        if assoc is not None and assoc.is_established:
-            try:
-                assoc._reactor_checkpoint.set()  # let pynetdicom run its release handshake
-                assoc.release()
-            except Exception:  # a broken association cannot be released politely
-                assoc.abort()
+        self._contexts = set()
+        if assoc is not None:
+            assoc.release(min(_RELEASE_TIMEOUT, self.timeouts.connect))
 
 
-def _connection_failure(host: str, port: int) -> str:
-    """Tell "refused" (nothing listening) from "unreachable" (no answer at all)."""
+def open_association(
+    destination: DimseDestination,
+    unit_ae: str,
+    timeouts: Timeouts,
+    proposals: list[tuple[str, list[str]]],
+) -> Association | Outcome:
+    """Connect and associate, or the Outcome that says why not: "refused" (nothing
+    listens), "unreachable" (no connection, or it listens yet the association failed),
+    "rejected" (A-ASSOCIATE-RJ, with result, source and reason)."""
     try:
-        with socket.create_connection((host, port), timeout=3):
-            return "unreachable"  # it listens, yet the association failed: treat as down
+        sock = association.connect(destination.host, destination.port, timeouts.connect)
     except ConnectionRefusedError:
-        return "refused"
-    except OSError:
-        return "unreachable"
+        return Outcome("refused")
+    except OSError as exc:
+        return Outcome("unreachable", detail=type(exc).__name__)
+    try:
+        return association.request(
+            sock,
+            calling_ae=unit_ae,
+            called_ae=destination.ae_title,
+            proposals=proposals,
+            timeout=timeouts.connect,
+        )
+    except AssociationRejected as exc:
+        return Outcome("rejected", result=exc.result, source=exc.source, reason=exc.reason)
+    except (DicomNetError, OSError, ValueError) as exc:
+        return Outcome("unreachable", detail=type(exc).__name__)
+
+
+@dataclass(frozen=True)
+class EchoResult:
+    """What a C-ECHO test of a destination showed: the outcome (kind "status" with the
+    destination's status when it answered) and the seconds from connecting to the answer."""
+
+    outcome: Outcome
+    elapsed: float
+
+    @property
+    def ok(self) -> bool:
+        """True when the destination answered C-ECHO with success."""
+        return self.outcome.kind == "status" and self.outcome.status == 0x0000
+
+    @property
+    def status(self) -> int | None:
+        """The C-ECHO-RSP status, if the destination answered."""
+        return self.outcome.status
+
+
+def echo(destination: DimseDestination, unit_ae: str, timeouts: Timeouts) -> EchoResult:
+    """C-ECHO a destination on a fresh association (released afterwards): the control API's
+    "test the connection". Never raises for network trouble; ``classify(result.outcome,
+    ...)`` words the result."""
+    started = time.monotonic()
+    proposals = [(commands.VERIFICATION_SOP_CLASS, [str(ImplicitVRLittleEndian)])]
+    opened = open_association(destination, unit_ae, timeouts, proposals)
+    if isinstance(opened, Outcome):
+        return EchoResult(opened, time.monotonic() - started)
+    assoc = opened
+    context_id = assoc.context_id(commands.VERIFICATION_SOP_CLASS, str(ImplicitVRLittleEndian))
+    if context_id is None:
+        assoc.release(_RELEASE_TIMEOUT)
+        outcome = Outcome("no-context", detail="Verification")
+        return EchoResult(outcome, time.monotonic() - started)
+    message_id = assoc.next_message_id()
+    try:
+        answer = assoc.exchange(
+            context_id,
+            commands.c_echo_rq(message_id),
+            message_id=message_id,
+            response_field=commands.C_ECHO_RSP,
+            deadline=time.monotonic() + timeouts.response_base,
+        )
+    except DicomNetError as exc:
+        assoc.abort()
+        kind = "no-response" if isinstance(exc, NetworkTimeout | UnexpectedMessage) else "aborted"
+        return EchoResult(Outcome(kind, detail=type(exc).__name__), time.monotonic() - started)
+    elapsed = time.monotonic() - started
+    assoc.release(_RELEASE_TIMEOUT)
+    status = answer.command.status
+    if status is None:
+        return EchoResult(Outcome("no-response", detail="the answer had no status"), elapsed)
+    return EchoResult(Outcome("status", status=status), elapsed)
 
 
 def _name(uid: str) -> str:

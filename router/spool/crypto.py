@@ -240,7 +240,7 @@ class BlobReader(io.RawIOBase):
         if not len(view):
             return 0
         index, offset = divmod(self._pos, self._chunk_size)
-        data = self.chunk(index)[offset : offset + len(view)]
+        data = memoryview(self.chunk(index))[offset : offset + len(view)]  # no copy
         view[: len(data)] = data
         self._pos += len(data)
         return len(data)
