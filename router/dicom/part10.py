@@ -3,7 +3,7 @@
 A C-STORE carries the data set only; the 128-byte preamble, "DICM" and the File Meta
 Information (group 0002, always Explicit VR Little Endian) stay behind. :func:`read_file_meta`
 reads just the File Meta and says where the data set starts, so the rest can be streamed as
-it is.
+it is. :func:`part10_header` writes one, for the receiver to put in front of a data set.
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ import io
 import struct
 from dataclasses import dataclass
 from typing import BinaryIO
+
+from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
 
 PREAMBLE = 128
 MAGIC = b"DICM"
@@ -91,3 +93,37 @@ def _read(stream: BinaryIO | io.RawIOBase, n: int) -> bytes:
 
 def _text(raw: bytes | None) -> str:
     return (raw or b"").decode("ascii", "replace").rstrip("\0 ")
+
+
+# -- writing ----------------------------------------------------------------------------
+# Encoded directly (Explicit VR Little Endian, seven elements) because building it with
+# pydicom's Dataset machinery cost more per object than receiving a small object's data.
+# The result is byte for byte the header pynetdicom writes (tests/unit/test_ingest_protocol.py).
+
+_HEADER_START = b"\x00" * PREAMBLE + MAGIC
+
+
+def _element(element: int, vr: bytes, value: str, pad: bytes) -> bytes:
+    raw = value.encode("ascii", "replace")
+    if len(raw) % 2:
+        raw += pad
+    return struct.pack("<HH2sH", 0x0002, element, vr, len(raw)) + raw
+
+
+_TAIL = _element(0x0012, b"UI", str(PYNETDICOM_IMPLEMENTATION_UID), b"\x00") + _element(
+    0x0013, b"SH", PYNETDICOM_IMPLEMENTATION_VERSION, b" "
+)
+_VERSION = struct.pack("<HH2sHI", 0x0002, 0x0001, b"OB", 0, 2) + b"\x00\x01"
+
+
+def part10_header(sop_class: str, sop_instance: str, transfer_syntax: str) -> bytes:
+    """Preamble, "DICM" and the file meta information group for one object."""
+    body = (
+        _VERSION
+        + _element(0x0002, b"UI", sop_class, b"\x00")
+        + _element(0x0003, b"UI", sop_instance, b"\x00")
+        + _element(0x0010, b"UI", transfer_syntax, b"\x00")
+        + _TAIL
+    )
+    length = struct.pack("<HH2sHI", 0x0002, 0x0000, b"UL", 4, len(body))
+    return _HEADER_START + length + body

@@ -19,26 +19,30 @@ from dataclasses import dataclass
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
 from pynetdicom.dsutils import decode
-from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from router.core.objects import Source
-from router.ingest import commands
+from router.dicom import commands
+from router.dicom.commands import Command
+from router.dicom.errors import ProtocolError
+from router.dicom.part10 import part10_header
+from router.dicom.pdu import (
+    A_ABORT,
+    A_ASSOCIATE_RQ,
+    A_RELEASE_RQ_TYPE,
+    HEADER,
+    P_DATA_TF,
+    RELEASE_RP,
+    abort_pdu,
+)
 from router.ingest.acceptor import STORAGE_COMMITMENT_PUSH_MODEL, negotiate
-from router.ingest.commands import Command, CommandError
-from router.ingest.file_meta import part10_header
 from router.ingest.store import STATUS_SUCCESS, STATUS_UNEXPECTED, ObjectStore
 from router.ingest.wire import PeerClosed, PeerTimeout, Wire
 from router.spool.incoming import IncomingObject
 
 log = logging.getLogger("waystation.ingest")
 
-A_ASSOCIATE_RQ = 0x01
-P_DATA_TF = 0x04
-A_RELEASE_RQ = 0x05
-A_ABORT = 0x07
 _MAX_REQUEST_PDU = 1024 * 1024  # an A-ASSOCIATE-RQ with 128 contexts is far smaller
 _MAX_COMMAND = 64 * 1024
-_RELEASE_RP = bytes([0x06, 0, 0, 0, 0, 4, 0, 0, 0, 0])
 _STATUS_UNRECOGNISED_OPERATION = 0x0211
 _STATUS_NO_SUCH_SOP_CLASS = 0x0118
 _STATUS_PROCESSING_FAILURE = 0x0110
@@ -112,11 +116,6 @@ class Slots:
             self.used -= 1
 
 
-def abort_pdu(reason: int = 0, source: int = 2) -> bytes:
-    """An A-ABORT PDU (source 2: the service provider, i.e. this unit's upper layer)."""
-    return bytes([A_ABORT, 0, 0, 0, 0, 4, 0, 0, source, reason])
-
-
 class IncomingAssociation:
     """Serves one connection: negotiate, then C-STORE/C-ECHO until release or abort."""
 
@@ -151,15 +150,15 @@ class IncomingAssociation:
                 self._serve_messages()
         except ProtocolViolation as exc:
             log.warning("association from %s aborted: %s", self.peer, exc)
-            self._send_quietly(abort_pdu(exc.reason))
+            self._send_quietly(abort_pdu(2, exc.reason))
         except PeerTimeout:
             log.warning("association from %s aborted: the peer stopped sending", self.peer)
-            self._send_quietly(abort_pdu())
+            self._send_quietly(abort_pdu(2, 0))
         except PeerClosed:
             pass  # an abort or a dropped connection: nothing was acknowledged that is lost
         except Exception as exc:  # contained: one association never takes the service down
             log.error("association from %s failed: %s", self.peer, type(exc).__name__)
-            self._send_quietly(abort_pdu())
+            self._send_quietly(abort_pdu(2, 0))
         finally:
             self._drop_partial()
             if self._holds_slot:
@@ -179,7 +178,7 @@ class IncomingAssociation:
         if length > _MAX_REQUEST_PDU:
             raise ProtocolViolation(f"association request of {length} bytes")
         body = self.wire.read(length, deadline)
-        header = struct.pack(">BxI", pdu_type, length)
+        header = HEADER.pack(pdu_type, length)
         # A slot is taken only by a complete request: idle or trickling connections never
         # hold one (they are cut at the deadline above).
         self._holds_slot = self.slots.acquire()
@@ -226,13 +225,13 @@ class IncomingAssociation:
                         f"P-DATA of {length} bytes exceeds the agreed maximum {limits.max_pdu}"
                     )
                 self._p_data(length, deadline)
-            elif pdu_type == A_RELEASE_RQ:
+            elif pdu_type == A_RELEASE_RQ_TYPE:
                 self.wire.skip(length, deadline)
                 if self._receiving is not None:
                     raise ProtocolViolation(
                         "release requested in the middle of an object", _UNEXPECTED_PDU
                     )
-                self.wire.send(_RELEASE_RP)
+                self.wire.send(RELEASE_RP)
                 return
             elif pdu_type == A_ABORT:
                 log.info("association from %s aborted by the peer", self.peer)
@@ -273,13 +272,13 @@ class IncomingAssociation:
         raw, self._command = bytes(self._command), bytearray()
         try:
             command = commands.decode(raw)
-        except CommandError as exc:
+        except ProtocolError as exc:
             raise ProtocolViolation(f"undecodable command set: {exc}") from exc
         self._dispatch(command, context_id)
 
     def _dispatch(self, command: Command, context_id: int) -> None:
-        field = command.command_field
-        if field == commands.C_STORE_RQ and command.has_data_set:
+        field = command.field
+        if field == commands.C_STORE_RQ and command.has_dataset:
             if self.calling_ae in self.limits.report_only:
                 log.warning(
                     "C-STORE from %s refused: it may only send Storage Commitment reports",
@@ -289,29 +288,25 @@ class IncomingAssociation:
             else:
                 sink = self._begin(command, context_id)
                 self._receiving = _Receiving(command, context_id, sink=sink)
-        elif field == commands.N_EVENT_REPORT_RQ and command.has_data_set:
+        elif field == commands.N_EVENT_REPORT_RQ and command.has_dataset:
             self._receiving = _Receiving(command, context_id, report=bytearray())
         elif field == commands.C_ECHO_RQ:
-            self._respond(
-                context_id,
-                commands.response(
-                    commands.C_ECHO_RSP,
-                    message_id=command.message_id,
-                    status=STATUS_SUCCESS,
-                    sop_class=Verification,
-                ),
-            )
-        elif command.has_data_set:
+            self._respond(context_id, commands.c_echo_rsp(command.message_id or 0, STATUS_SUCCESS))
+        elif command.has_dataset:
             raise ProtocolViolation(f"unsupported request {field:#06x} with a data set")
         else:
             log.warning("request %#06x from %s is not supported", field, self.peer)
             self._respond(
                 context_id,
-                commands.response(
-                    field | 0x8000,
-                    message_id=command.message_id,
-                    status=_STATUS_UNRECOGNISED_OPERATION,
-                    sop_class=command.affected_sop_class or self._contexts[context_id][0],
+                commands.encode(
+                    {
+                        commands.AFFECTED_SOP_CLASS: command.affected_sop_class
+                        or self._contexts[context_id][0],
+                        commands.COMMAND_FIELD: field | 0x8000,
+                        commands.RESPONDING_TO: command.message_id or 0,
+                        commands.DATASET_TYPE: commands.NO_DATASET,
+                        commands.STATUS: _STATUS_UNRECOGNISED_OPERATION,
+                    }
                 ),
             )
 
@@ -322,7 +317,9 @@ class IncomingAssociation:
         transfer_syntax = self._contexts[context_id][1]
         sink.write(
             part10_header(
-                command.affected_sop_class, command.affected_sop_instance, transfer_syntax
+                command.affected_sop_class or "",
+                command.affected_sop_instance or "",
+                transfer_syntax,
             )
         )
         return sink
@@ -352,18 +349,17 @@ class IncomingAssociation:
         if receiving.sink is not None:
             status = self.store.complete(
                 receiving.sink,
-                sop_class=command.affected_sop_class,
-                sop_instance=command.affected_sop_instance,
+                sop_class=command.affected_sop_class or "",
+                sop_instance=command.affected_sop_instance or "",
                 source=Source(calling_ae=self.calling_ae, called_ae=self.called_ae, peer=self.peer),
             )
         self._respond(
             context_id,
-            commands.response(
-                commands.C_STORE_RSP,
-                message_id=command.message_id,
-                status=STATUS_UNEXPECTED if status is None else status,
-                sop_class=command.affected_sop_class,
-                sop_instance=command.affected_sop_instance,
+            commands.c_store_rsp(
+                command.message_id or 0,
+                command.affected_sop_class or "",
+                command.affected_sop_instance or "",
+                STATUS_UNEXPECTED if status is None else status,
             ),
         )
 
@@ -384,26 +380,25 @@ class IncomingAssociation:
         else:
             try:
                 status = self.reports(
-                    self.calling_ae, self.peer, command.event_type_id or 0, information
+                    self.calling_ae, self.peer, command.event_type or 0, information
                 )
             except Exception as exc:  # contained: the type only
                 log.error("Storage Commitment report not handled: %s", type(exc).__name__)
                 status = _STATUS_PROCESSING_FAILURE
         self._respond(
             context_id,
-            commands.response(
-                commands.N_EVENT_REPORT_RSP,
-                message_id=command.message_id,
-                status=status,
-                sop_class=command.affected_sop_class,
-                sop_instance=command.affected_sop_instance,
-                event_type_id=command.event_type_id,
+            commands.n_event_report_rsp(
+                command.message_id or 0,
+                command.affected_sop_class or "",
+                command.affected_sop_instance or "",
+                status,
+                event_type=command.event_type,
             ),
         )
 
     def _respond(self, context_id: int, command_set: bytes) -> None:
         item = struct.pack(">IBB", len(command_set) + 2, context_id, 0x03) + command_set
-        self.wire.send(struct.pack(">BxI", P_DATA_TF, len(item)), item)
+        self.wire.send(HEADER.pack(P_DATA_TF, len(item)), item)
 
     # -- endings -------------------------------------------------------------------------
 

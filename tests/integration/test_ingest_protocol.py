@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from router.dicom import commands
 from tests.integration.conftest import router_port
 from tests.support import dicomgen
 from tests.support.router_proc import RouterProcess, free_port, write_config
@@ -170,12 +171,7 @@ def test_an_object_cut_off_mid_data_set_is_not_kept(
     strict_router: RouterProcess, tmp_path: Path
 ) -> None:
     # A C-STORE whose data set never finishes: the connection drops, nothing is held.
-    from router.ingest import commands
-
-    command = commands.response(0x0001, message_id=1, status=0, sop_class=CT, sop_instance="1.2.3")
-    command = command.replace(
-        b"\x00\x00\x00\x08\x02\x00\x00\x00\x01\x01", b"\x00\x00\x00\x08\x02\x00\x00\x00\x02\x02"
-    )
+    command = commands.c_store_rq(1, CT, "1.2.3")
     sock = _connect(strict_router)
     _associate(sock)
     item = struct.pack(">IBB", len(command) + 2, 1, 0x03) + command

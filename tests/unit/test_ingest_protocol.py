@@ -1,4 +1,4 @@
-"""The receiver's pure protocol parts: command sets, the Part 10 header, negotiation."""
+"""The receiver's pure protocol parts: the Part 10 header it writes, association negotiation."""
 
 from __future__ import annotations
 
@@ -6,56 +6,17 @@ import pytest
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import UID
-from pynetdicom.dsutils import create_file_meta, decode
+from pynetdicom.dsutils import create_file_meta
 from pynetdicom.pdu import A_ASSOCIATE_AC, A_ASSOCIATE_RJ, A_ASSOCIATE_RQ
 from pynetdicom.pdu_primitives import A_ASSOCIATE, MaximumLengthNotification
 from pynetdicom.presentation import build_context
 
-from router.ingest import commands
+from router.dicom.part10 import part10_header
 from router.ingest.acceptor import REJECT_BUSY, REJECT_CALLING_AE, negotiate
-from router.ingest.file_meta import part10_header
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 EXPLICIT = "1.2.840.10008.1.2.1"
 IMPLICIT = "1.2.840.10008.1.2"
-
-
-def test_response_command_set_decodes_with_pydicom() -> None:
-    raw = commands.response(
-        commands.C_STORE_RSP, message_id=7, status=0xA700, sop_class=CT, sop_instance="1.2.3"
-    )
-    dataset = decode(DicomBytesIO(raw), True, True)
-    assert dataset.CommandField == 0x8001
-    assert dataset.MessageIDBeingRespondedTo == 7
-    assert dataset.Status == 0xA700
-    assert dataset.AffectedSOPInstanceUID == "1.2.3"
-    assert dataset.CommandGroupLength == len(raw) - 12
-
-
-def test_request_decoding_reads_what_ingest_needs() -> None:
-    raw = commands.response(0x0001, message_id=3, status=0, sop_class=CT, sop_instance="9.8.7")
-    # Overwrite the data set type so it reads as a request with a data set.
-    raw = raw.replace(
-        b"\x00\x00\x00\x08\x02\x00\x00\x00\x01\x01", b"\x00\x00\x00\x08\x02\x00\x00\x00\x02\x02"
-    )
-    command = commands.decode(raw)
-    assert (command.command_field, command.affected_sop_class) == (1, CT)
-    assert command.affected_sop_instance == "9.8.7"
-    assert command.has_data_set
-
-
-@pytest.mark.parametrize(
-    "raw",
-    [
-        b"\x00\x00\x00\x01",  # cut inside an element header
-        b"\x08\x00\x00\x01\x02\x00\x00\x00\x01\x00",  # not group 0000
-        b"\x00\x00\x00\x01\xff\xff\x00\x00\x01\x00",  # length past the end
-        b"\x00\x00\x10\x01\x02\x00\x00\x00\x01\x00",  # no Command Field
-    ],
-)
-def test_malformed_command_sets_are_refused(raw: bytes) -> None:
-    with pytest.raises(commands.CommandError):
-        commands.decode(raw)
 
 
 @pytest.mark.parametrize("syntax", [EXPLICIT, IMPLICIT, "1.2.840.10008.1.2.4.50"])
