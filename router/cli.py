@@ -244,8 +244,10 @@ def build_parser() -> argparse.ArgumentParser:
     console.set_defaults(func=cmd_console)
 
     from router.control.commands import add_commands
+    from router.hub.cli import add_hub_parser
 
     add_commands(sub)
+    add_hub_parser(sub)
     return parser
 
 

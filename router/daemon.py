@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from datetime import datetime
 
 from router.alarms import Alarms
-from router.config.model import Config
+from router.config.model import Config, DimseDestination
 from router.config.rules import build_rules
 from router.control.auth import PinStore
 from router.control.context import ControlContext, ReaderPool
@@ -63,7 +63,7 @@ class Router:
         self.commitment: CommitmentManager | None = None
         if any(d.storage_commitment for d in config.destinations):
             self.commitment = CommitmentManager(
-                config.destinations,
+                [d for d in config.destinations if isinstance(d, DimseDestination)],
                 unit_ae=config.unit.ae_title,
                 spool=self.spool,
                 policy=policy,

@@ -12,7 +12,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from router.config.locate import Loc, key_lines, line_of
-from router.config.model import Config
+from router.config.model import Config, DimseDestination, HubDestination
 from router.errors import ConfigError
 
 DEFAULT_CONFIG_TOML = """\
@@ -96,13 +96,24 @@ def _cross_reference_problems(config: Config) -> list[tuple[Loc, str]]:
     return problems
 
 
+_DESTINATION_TYPES: dict[str, Any] = {"dimse": DimseDestination, "hub": HubDestination}
+_DESTINATION_UNION = object()  # marks "inside destinations[i], before its type"
+
+
 def _describe(source: str, lines: dict[Loc, int], error: Any) -> str:
     # "[key]" marks an error in a table's key (an attribute keyword): report the key itself.
-    loc: Loc = tuple(part for part in error["loc"] if part != "[key]")
+    tagged: Loc = tuple(part for part in error["loc"] if part != "[key]")
+    # A destination's errors carry its type ("dimse", "hub") after its index: people never
+    # wrote that key, so it is left out of what they read.
+    loc: Loc = tuple(
+        part
+        for i, part in enumerate(tagged)
+        if not (i >= 2 and tagged[i - 2] == "destinations" and part in _DESTINATION_TYPES)
+    )
     kind = error["type"]
     if kind == "extra_forbidden":
         key = str(loc[-1])
-        allowed = _fields_at(loc[:-1])
+        allowed = _fields_at(tagged[:-1])
         where = f" in [{_dotted(loc[:-1])}]" if loc[:-1] else " at the top level"
         message = f"unknown key {key!r}{where}{_suggest(key, allowed)}"
     elif kind == "missing":
@@ -138,13 +149,18 @@ def _fields_at(loc: Loc) -> list[str]:
         if isinstance(part, int) or in_table:
             in_table = False
             continue
+        if model is _DESTINATION_UNION:
+            model = _DESTINATION_TYPES.get(str(part))
+            continue
         if not (isinstance(model, type) and issubclass(model, BaseModel)):
             return []
         field = model.model_fields.get(str(part))
         if field is None:
             return []
         in_table = typing.get_origin(field.annotation) is dict
-        model = _innermost_model(field.annotation)
+        model = (
+            _DESTINATION_UNION if part == "destinations" else _innermost_model(field.annotation)
+        )
     if isinstance(model, type) and issubclass(model, BaseModel):
         return sorted(model.model_fields)
     return []

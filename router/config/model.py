@@ -168,6 +168,71 @@ class DimseDestination(_Strict):
 Seconds = Annotated[float, BeforeValidator(parse_duration)]
 
 
+class HubDestination(_Strict):
+    """A Waystation hub over HTTPS: resumable chunked uploads (docs/hub-protocol.md)."""
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")
+    type: Literal["hub"]
+    url: str = Field(pattern=r"^https?://[^/\s]+/?$")
+    # The unit's bearer token, as printed by `waystation hub enroll` (one line).
+    token_file: Path
+    # The CA that signed the hub's certificate; the system's CAs when absent.
+    ca_file: Path | None = None
+    # Chunks are sized to about 8 s of measured link time within these bounds.
+    min_chunk: ByteSize = Field(default=256 * 1024, ge=16 * 1024, le=64 * 1024 * 1024)
+    max_chunk: ByteSize = Field(default=8 * 1024 * 1024, ge=16 * 1024, le=64 * 1024 * 1024)
+    timeout: Seconds = Field(default=60.0, ge=1, le=3600)
+
+    @property
+    def associations(self) -> int:
+        """One upload at a time: the link, not parallelism, is the limit."""
+        return 1
+
+    @property
+    def storage_commitment(self) -> bool:
+        """Hubs confirm by receipts, not by DICOM Storage Commitment."""
+        return False
+
+
+Destination = Annotated[DimseDestination | HubDestination, Field(discriminator="type")]
+
+
+class HubServerConfig(_Strict):
+    """The hub service (`waystation hub`): where it listens and how clients are limited."""
+
+    listen: str = "0.0.0.0:8443"
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    # Tests only: serve plain HTTP. Never on a network.
+    insecure_plain_http: bool = Field(default=False, strict=True)
+    max_object: ByteSize = Field(default=4 * 1024**3, ge=1024)
+    max_chunk: ByteSize = Field(default=64 * 1024 * 1024, ge=16 * 1024, le=256 * 1024 * 1024)
+    # A request's headers and body must arrive within this, plus 1 s per 16 KiB of body
+    # (slow clients are cut, not waited for).
+    request_timeout: Seconds = Field(default=60.0, ge=1, le=3600)
+    # Uncommitted uploads untouched for this long are removed.
+    upload_expiry: Seconds = Field(default=7 * 86400.0, ge=60)
+
+    @model_validator(mode="after")
+    def _tls_or_plain(self) -> HubServerConfig:
+        if not self.insecure_plain_http and (self.tls_cert is None or self.tls_key is None):
+            raise ValueError(
+                "the hub serves HTTPS: set tls_cert and tls_key (insecure_plain_http = true "
+                "is for tests only)"
+            )
+        return self
+
+    @property
+    def host(self) -> str:
+        """The address to bind."""
+        return self.listen.rsplit(":", 1)[0]
+
+    @property
+    def port(self) -> int:
+        """The TCP port to bind."""
+        return int(self.listen.rsplit(":", 1)[1])
+
+
 class DeliveryConfig(_Strict):
     """Retry timing for every destination: jittered exponential backoff, capped."""
 
@@ -307,8 +372,10 @@ class Config(_Strict):
     routing: RoutingConfig = Field(default_factory=RoutingConfig)
     delivery: DeliveryConfig = Field(default_factory=DeliveryConfig)
     control: ControlConfig = Field(default_factory=ControlConfig)
-    destinations: list[DimseDestination] = Field(default_factory=list)
+    destinations: list[Destination] = Field(default_factory=list)
     routes: list[Route] = Field(default_factory=list)
+    # Only for `waystation hub`: the hub service's own settings.
+    hub: HubServerConfig | None = None
 
     def resolve_paths(self, base: Path) -> Config:
         """Return a copy whose relative paths are made absolute against ``base``."""
@@ -326,7 +393,18 @@ class Config(_Strict):
                 else None,
             }
         )
-        return self.model_copy(update={"spool": spool, "control": control})
+        destinations = [_resolve_destination(d, base) for d in self.destinations]
+        hub = self.hub
+        if hub is not None:
+            hub = hub.model_copy(
+                update={
+                    "tls_cert": (base / hub.tls_cert).resolve() if hub.tls_cert else None,
+                    "tls_key": (base / hub.tls_key).resolve() if hub.tls_key else None,
+                }
+            )
+        return self.model_copy(
+            update={"spool": spool, "control": control, "destinations": destinations, "hub": hub}
+        )
 
     @property
     def state_dir(self) -> Path:
@@ -342,3 +420,14 @@ class Config(_Strict):
     def pin_file(self) -> Path:
         """The operator PIN's hash file: configured, or ``operator.pin`` in the state dir."""
         return self.control.pin_file or self.state_dir / "operator.pin"
+
+
+def _resolve_destination(
+    destination: DimseDestination | HubDestination, base: Path
+) -> DimseDestination | HubDestination:
+    if not isinstance(destination, HubDestination):
+        return destination
+    update: dict[str, Path | None] = {"token_file": (base / destination.token_file).resolve()}
+    if destination.ca_file is not None:
+        update["ca_file"] = (base / destination.ca_file).resolve()
+    return destination.model_copy(update=update)

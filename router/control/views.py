@@ -15,6 +15,7 @@ from datetime import datetime
 from typing import Literal, cast
 
 from router import __version__
+from router.config.model import HubDestination
 from router.control.context import ControlContext
 from router.control.schema import (
     AlarmView,
@@ -105,7 +106,11 @@ def _destination(ctx: ControlContext, conn: sqlite3.Connection, name: str) -> De
     destination = next(d for d in ctx.config.destinations if d.name == name)
     return DestinationView(
         name=name,
-        address=f"{destination.ae_title}@{destination.host}:{destination.port}",
+        address=(
+            destination.url
+            if isinstance(destination, HubDestination)
+            else f"{destination.ae_title}@{destination.host}:{destination.port}"
+        ),
         state=cast(DestinationState, state),
         reason=reason,
         since=since,

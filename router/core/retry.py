@@ -35,6 +35,7 @@ class Outcome:
     detail: str = ""
     changed: tuple[str, ...] = ()  # tag changes applied for this destination (keywords)
     converted: str = ""  # the transfer syntax it was converted to, if it was
+    retry_after: float | None = None  # seconds the destination asked us to wait (HTTP)
 
 
 @dataclass(frozen=True)
@@ -89,6 +90,22 @@ def classify(outcome: Outcome, *, destination: str, unit_ae: str, dest_ae: str) 
             f"The copy for {name} could not be made ({outcome.detail}); check its tag "
             "changes. Call IT.",
         )
+    if kind == "http":
+        return _classify_http(int(outcome.status or 0), name, outcome.detail)
+    if kind == "hub-token":
+        return Classification(
+            "permanent",
+            f"{name} refuses this unit's token ({outcome.detail or 'not accepted'}). "
+            "Ask the provider to enrol the unit again.",
+            outcome.status,
+        )
+    if kind == "hub-tls":
+        return Classification(
+            "permanent",
+            f"{name}'s certificate is not trusted ({outcome.detail}). Check ca_file. Call IT.",
+        )
+    if kind == "preempted":
+        return Classification("transient", f"{name}: paused for a more urgent study.")
     if kind == "unreadable":
         return Classification(
             "permanent", f"The stored copy cannot be read ({outcome.detail}). Call support."
@@ -116,6 +133,18 @@ def _classify_status(status: int, name: str) -> Classification:
             "permanent", f"{name} could not understand the image (0x{status:04X}).", status
         )
     return Classification("permanent", f"{name} refused the image (0x{status:04X}).", status)
+
+
+def _classify_http(status: int, name: str, detail: str) -> Classification:
+    """A hub's HTTP answer: 2xx delivered; 408, 429 and 5xx transient; other 4xx permanent."""
+    said = f" ({detail})" if detail else ""
+    if 200 <= status < 300:
+        return Classification("delivered", "delivered", status)
+    if status == 507:
+        return Classification("transient", f"{name} is out of storage space{said}.", status)
+    if status in (408, 429) or status >= 500:
+        return Classification("transient", f"{name} is busy or having trouble{said}.", status)
+    return Classification("permanent", f"{name} refused the object{said}.", status)
 
 
 @dataclass(frozen=True)

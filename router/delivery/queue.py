@@ -152,6 +152,24 @@ class DeliveryQueue:
 
         return self.journal.submit(transaction)
 
+    def has_more_urgent(self, destination: str, priority: int, now: float | None = None) -> bool:
+        """Whether a delivery more urgent than ``priority`` is due (and would be claimed):
+        a running upload pauses at its next chunk boundary for it."""
+        at = time.time() if now is None else now
+        row = (
+            self.spool.reader_connection()
+            .execute(
+                "SELECT 1 FROM deliveries d JOIN objects o ON o.id = d.object_id"
+                " WHERE d.destination = ? AND d.state = 'pending' AND d.priority < ?"
+                " AND d.next_attempt_at <= ?"
+                " AND (d.send = 'object' OR NOT EXISTS (SELECT 1 FROM objects s"
+                "   WHERE s.study_tag = o.study_tag AND s.received_at > ?)) LIMIT 1",
+                (destination, priority, at, at - self.study_quiet_seconds),
+            )
+            .fetchone()
+        )
+        return row is not None
+
     def next_due(self, destination: str) -> float | None:
         """When the earliest pending delivery becomes due (None: nothing pending)."""
         row = (

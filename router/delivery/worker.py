@@ -8,9 +8,10 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from router.config.model import DimseDestination
+from router.config.model import DimseDestination, HubDestination
 from router.core.retry import BackoffPolicy, Classification, Outcome, classify
 from router.delivery.dimse import DimseSender, Timeouts
+from router.delivery.hub_sender import HubSender
 from router.delivery.queue import Claimed, DeliveryQueue
 from router.spool.spool import Spool
 
@@ -23,7 +24,9 @@ log = logging.getLogger("waystation.delivery")
 # A rejected association - even a permanent rejection such as "calling AE title not
 # recognised" - is the destination's configuration, not the object's: objects stay queued and
 # the destination shows as blocked until it accepts this unit.
-_DESTINATION_DOWN = {"refused", "unreachable", "rejected"}
+# A hub refusing this unit's token, or a hub certificate not trusted, is the same.
+_DESTINATION_DOWN = {"refused", "unreachable", "rejected", "hub-token", "hub-tls"}
+_RECEIPT_POLL_SECONDS = 10.0
 # Below the association's network timeout, so an idle association is released, not aborted.
 _IDLE_RELEASE_SECONDS = 10.0
 _BATCH = 8
@@ -61,7 +64,7 @@ class DestinationWorker:
 
     def __init__(
         self,
-        destination: DimseDestination,
+        destination: DimseDestination | HubDestination,
         *,
         unit_ae: str,
         spool: Spool,
@@ -82,6 +85,7 @@ class DestinationWorker:
         self._lock = threading.Lock()
         self._down_until = 0.0
         self._consecutive_failures = 0
+        self._receipts_polled = 0.0
         self._threads = [
             threading.Thread(target=self._run, name=f"deliver-{destination.name}-{i}", daemon=True)
             for i in range(max(1, threads))
@@ -111,9 +115,18 @@ class DestinationWorker:
             thread.join(timeout=timeout)
 
     def _run(self) -> None:
-        sender = DimseSender(
-            self.destination, unit_ae=self.unit_ae, spool=self.spool, timeouts=self.timeouts
-        )
+        sender: DimseSender | HubSender
+        if isinstance(self.destination, HubDestination):
+            name = self.destination.name
+            sender = HubSender(
+                self.destination,
+                spool=self.spool,
+                more_urgent=lambda priority: self.queue.has_more_urgent(name, priority),
+            )
+        else:
+            sender = DimseSender(
+                self.destination, unit_ae=self.unit_ae, spool=self.spool, timeouts=self.timeouts
+            )
         try:
             while not self._stop.is_set():
                 try:
@@ -124,7 +137,7 @@ class DestinationWorker:
         finally:
             sender.close()
 
-    def _step(self, sender: DimseSender) -> None:
+    def _step(self, sender: DimseSender | HubSender) -> None:
         name = self.destination.name
         if self.queue.is_paused(name):
             self._set("paused", "Paused by an operator.")
@@ -137,6 +150,7 @@ class DestinationWorker:
             return
         batch = self.queue.claim(name, _BATCH)
         if not batch:
+            self._poll_receipts(sender)
             if sender.idle_for() > _IDLE_RELEASE_SECONDS:
                 sender.close()
             if self.status.state in ("sending", "paused"):
@@ -164,11 +178,19 @@ class DestinationWorker:
             if outcome.kind in _DESTINATION_DOWN:
                 self._destination_down(verdict, claimed, batch[index + 1 :])
                 return
+            if outcome.kind == "preempted":
+                # A more urgent object waits: put these back (not counted as attempts) and
+                # claim again, most urgent first. The upload resumes where it stopped.
+                self.queue.release(name, batch[index:], time.time())
+                return
             if self._consecutive_failures:
                 log.info("%s accepts connections again: delivering", name)
             self._consecutive_failures = 0
             if verdict.verdict == "transient":
-                retry_at = time.time() + self.policy.delay(claimed.attempts)
+                delay = self.policy.delay(claimed.attempts)
+                if outcome.retry_after is not None:  # the destination said when (Retry-After)
+                    delay = max(delay, outcome.retry_after)
+                retry_at = time.time() + delay
                 self.queue.record(name, claimed, verdict, retry_at=retry_at)
                 log.info("object %s: %s Retried later.", claimed.object_id, verdict.reason)
             else:
@@ -190,10 +212,14 @@ class DestinationWorker:
                         verdict.reason,
                     )
 
-    def _deliver(self, sender: DimseSender, claimed: Claimed) -> tuple[Classification, Outcome]:
+    def _deliver(
+        self, sender: DimseSender | HubSender, claimed: Claimed
+    ) -> tuple[Classification, Outcome]:
         held = self.spool.get(claimed.object_id)
         if held is None or held.state not in ("held", "superseded"):
             outcome = Outcome("unreadable", detail="the object is no longer held")
+        elif isinstance(sender, HubSender):
+            outcome = sender.send(held, claimed.priority)
         else:
             sop_class, syntax = self._context_of(held.id)
             outcome = sender.send(held, sop_class, syntax, _DICOM_PRIORITY[claimed.priority])
@@ -201,9 +227,21 @@ class DestinationWorker:
             outcome,
             destination=self.destination.name,
             unit_ae=self.unit_ae,
-            dest_ae=self.destination.ae_title,
+            dest_ae=getattr(self.destination, "ae_title", self.destination.name),
         )
         return verdict, outcome
+
+    def _poll_receipts(self, sender: DimseSender | HubSender) -> None:
+        """When idle, ask a hub which objects reached the provider's PACS."""
+        if not isinstance(sender, HubSender):
+            return
+        if time.monotonic() - self._receipts_polled < _RECEIPT_POLL_SECONDS:
+            return
+        self._receipts_polled = time.monotonic()
+        try:
+            sender.poll_receipts()
+        except Exception as exc:  # receipts are news, not delivery: never stop the worker
+            log.info("receipts from %s not read: %s", self.destination.name, type(exc).__name__)
 
     def _context_of(self, object_id: str) -> tuple[str, str]:
         row = (

@@ -22,7 +22,13 @@ from typing import Any
 
 from router.errors import StorageFault, StorageFull
 from router.spool.fsio import fsync_dir
-from router.spool.schema import MIGRATE_2_TO_3, READ_MODEL, SCHEMA, SCHEMA_VERSION
+from router.spool.schema import (
+    MIGRATE_2_TO_3,
+    MIGRATE_3_TO_4,
+    READ_MODEL,
+    SCHEMA,
+    SCHEMA_VERSION,
+)
 
 log = logging.getLogger("waystation.journal")
 
@@ -58,20 +64,33 @@ def create_schema(conn: sqlite3.Connection) -> None:
         conn.execute(
             "INSERT INTO journal_meta(key, value) VALUES ('schema', ?)", (str(SCHEMA_VERSION),)
         )
-    elif int(row[0]) == 2:
+        return
+    version = int(row[0])
+    if version == 2:
         # One transaction: a journal is either still version 2 or fully version 3.
         conn.executescript(
             "BEGIN IMMEDIATE;"
             + READ_MODEL
             + MIGRATE_2_TO_3
-            + f"UPDATE journal_meta SET value = '{SCHEMA_VERSION}' WHERE key = 'schema';"
+            + "UPDATE journal_meta SET value = '3' WHERE key = 'schema';"
             + "COMMIT;"
         )
-        log.info("journal migrated from schema 2 to %d", SCHEMA_VERSION)
-    elif int(row[0]) != SCHEMA_VERSION:
+        log.info("journal migrated from schema 2 to 3")
+        version = 3
+    if version == 3:
+        # The hub tables were just created by SCHEMA (IF NOT EXISTS); record the version.
+        conn.executescript(
+            "BEGIN IMMEDIATE;"
+            + READ_MODEL
+            + MIGRATE_3_TO_4
+            + "UPDATE journal_meta SET value = '4' WHERE key = 'schema';"
+            + "COMMIT;"
+        )
+        log.info("journal migrated from schema 3 to 4")
+        version = 4
+    if version != SCHEMA_VERSION:
         raise StorageFault(f"journal schema {row[0]} is not the supported {SCHEMA_VERSION}")
-    else:
-        conn.executescript(READ_MODEL)
+    conn.executescript(READ_MODEL)
 
 
 @dataclass

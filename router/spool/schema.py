@@ -2,9 +2,12 @@
 accession numbers, descriptions and UIDs live only in the sealed ``meta`` column; lookups by
 UID go through keyed tags (see keys.Keyring.lookup_tag)."""
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 # 2 -> 3 added Storage Commitment (commitments, commitment_items: created by SCHEMA) and the
 # read model (READ_MODEL, filled by MIGRATE_2_TO_3).
+# 3 -> 4 added the WAN hub's tables: on a unit, hub_uploads (resumable upload state per object
+# and hub destination); on a hub, hub_units, hub_incoming, hub_commits and hub_manifests.
+# All are created empty by SCHEMA (IF NOT EXISTS); MIGRATE_3_TO_4 only records the version.
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS journal_meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -91,6 +94,66 @@ CREATE TABLE IF NOT EXISTS commitment_items(
     PRIMARY KEY(transaction_uid, object_id)
 );
 CREATE INDEX IF NOT EXISTS commitment_items_object ON commitment_items(object_id);
+-- A unit's uploads to hub destinations. ``url`` is the hub's path for the upload (a random
+-- id, no patient data); ``confirmed`` the bytes the hub has confirmed durable.
+CREATE TABLE IF NOT EXISTS hub_uploads(
+    object_id   TEXT NOT NULL REFERENCES objects(id),
+    destination TEXT NOT NULL,
+    url         TEXT NOT NULL,
+    size        INTEGER NOT NULL,
+    confirmed   INTEGER NOT NULL DEFAULT 0,
+    state       TEXT NOT NULL,   -- uploading | committed | delivered (to the provider's PACS)
+    updated_at  REAL NOT NULL,
+    PRIMARY KEY(object_id, destination)
+);
+CREATE INDEX IF NOT EXISTS hub_uploads_state ON hub_uploads(destination, state);
+-- On a hub: enrolled units. Only a SHA-256 of each token is kept.
+CREATE TABLE IF NOT EXISTS hub_units(
+    unit        TEXT PRIMARY KEY,
+    token_hash  BLOB NOT NULL UNIQUE,
+    enrolled_at REAL NOT NULL,
+    revoked_at  REAL
+);
+-- On a hub: uploads being received. UIDs and the content hash live only in sealed ``meta``;
+-- ``sop_tag``/``digest`` are keyed tags (as in objects). Bytes are in segment files under
+-- <spool>/uploads/<id>/, encrypted with the upload's own data key (wrapped here).
+CREATE TABLE IF NOT EXISTS hub_incoming(
+    id          TEXT PRIMARY KEY,
+    unit        TEXT NOT NULL,
+    size        INTEGER NOT NULL,
+    received    INTEGER NOT NULL DEFAULT 0,   -- durable bytes (segments fsynced)
+    sop_tag     BLOB NOT NULL,
+    study_tag   BLOB NOT NULL,
+    digest      BLOB NOT NULL,
+    key_id      TEXT NOT NULL,
+    wrapped_key BLOB NOT NULL,
+    meta        BLOB NOT NULL,
+    state       TEXT NOT NULL,   -- uploading | committed
+    object_id   TEXT,
+    created_at  REAL NOT NULL,
+    updated_at  REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS hub_incoming_unit ON hub_incoming(unit, state);
+-- On a hub: every committed (SOP Instance UID, SHA-256), so a repeat is "already committed".
+CREATE TABLE IF NOT EXISTS hub_commits(
+    sop_tag      BLOB NOT NULL,
+    digest       BLOB NOT NULL,
+    unit         TEXT NOT NULL,
+    study_tag    BLOB NOT NULL,
+    object_id    TEXT NOT NULL,
+    upload_id    TEXT NOT NULL,
+    committed_at REAL NOT NULL,
+    PRIMARY KEY(sop_tag, digest)
+);
+CREATE INDEX IF NOT EXISTS hub_commits_study ON hub_commits(unit, study_tag);
+-- On a hub: what a unit announced a study holds.
+CREATE TABLE IF NOT EXISTS hub_manifests(
+    unit       TEXT NOT NULL,
+    study_tag  BLOB NOT NULL,
+    expected   INTEGER NOT NULL,
+    updated_at REAL NOT NULL,
+    PRIMARY KEY(unit, study_tag)
+);
 CREATE TABLE IF NOT EXISTS alarms(
     seq        INTEGER PRIMARY KEY AUTOINCREMENT,
     code       TEXT NOT NULL,
@@ -348,3 +411,6 @@ UPDATE spool_totals SET
     held_bytes = (SELECT coalesce(sum(size), 0) FROM objects WHERE state = 'held')
 WHERE id = 1;
 """
+
+# Version 4's tables are created (empty) by SCHEMA; nothing to fill.
+MIGRATE_3_TO_4 = ""

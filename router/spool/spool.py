@@ -17,7 +17,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -115,8 +115,13 @@ class Spool:
         attributes: ObjectAttributes,
         source: Source,
         deliveries: Sequence[PlannedDelivery],
+        *,
+        also: Callable[[sqlite3.Connection, StoreResult], None] | None = None,
     ) -> StoreResult:
         """Make a finished object durable and record it with its deliveries in one commit.
+
+        ``also`` runs inside that same transaction with its result (the hub records its
+        idempotence key there, so the object and the key are committed together or not at all).
 
         Returns only once the commit is durable; raises StorageFault/StorageFull otherwise,
         in which case nothing was acknowledged and the blob is removed.
@@ -134,7 +139,7 @@ class Spool:
             blob = "" if inline is not None else str(incoming.final_path.relative_to(self.root))
 
             def transaction(conn: sqlite3.Connection) -> StoreResult:
-                return _record(
+                stored = _record(
                     conn,
                     incoming=incoming,
                     attributes=attributes,
@@ -150,6 +155,9 @@ class Spool:
                     blob=blob,
                     inline=inline,
                 )
+                if also is not None:
+                    also(conn, stored)
+                return stored
 
             # Why wait here: the C-STORE success may only be sent after this returns.
             # A blob file's directory entry must be durable too; an inline object has none.

@@ -253,7 +253,7 @@ def test_a_version_2_journal_is_upgraded(tmp_path: Path) -> None:
         .execute("SELECT value FROM journal_meta WHERE key = 'schema'")
         .fetchone()
     )
-    assert int(row[0]) == SCHEMA_VERSION == 3
+    assert int(row[0]) == SCHEMA_VERSION == 4
     assert CommitmentLedger(spool).unrequested("pacs") == (0, None, None)
     assert len(states(spool)) == 1
     spool.close()

@@ -206,7 +206,7 @@ def test_a_version_2_journal_is_migrated_with_its_read_model_filled(tmp_path: Pa
     spool = open_spool(tmp_path)
     conn = spool.reader_connection()
     version = conn.execute("SELECT value FROM journal_meta WHERE key = 'schema'").fetchone()[0]
-    assert int(version) == SCHEMA_VERSION == 3
+    assert int(version) == SCHEMA_VERSION == 4
     assert read_model(conn) == expected
     # ...and the triggers work on the migrated journal.
     store(spool, study=STUDY)

@@ -1,0 +1,465 @@
+"""The sender for `type = "hub"` destinations: resumable chunked uploads over HTTPS.
+
+One object at a time (docs/hub-protocol.md): create the upload (or find it already
+committed), append chunks from the confirmed offset, commit. The upload's URL is made
+durable in the journal (hub_uploads) before the first byte is sent, and each confirmed
+offset is recorded as it comes, so a dropped link, a kill -9 or a power cut resumes the
+object where the hub says it stands (a HEAD asks; the hub's answer wins over ours). A break
+costs at most the chunk in flight.
+
+Seams for the WAN work (router/wan, built alongside): ``_gate`` is where each chunk will
+pass the rate gate (token bucket, calendar, budgets); ``_wire_bytes`` is where an object
+that compresses will be put in the lossless envelope. Both are identity today.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import http.client
+import json
+import logging
+import socket
+import sqlite3
+import ssl
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+from router.config.model import HubDestination
+from router.core.chunking import ChunkSizer
+from router.core.retry import Outcome
+from router.errors import IntegrityError
+from router.hub import protocol as p
+from router.spool.crypto import BlobReader
+from router.spool.spool import HeldObject, Spool
+
+log = logging.getLogger("waystation.delivery")
+
+_TCP_CONGESTION = getattr(socket, "TCP_CONGESTION", 13)
+_RECEIPT_BATCH = 100
+
+
+class _Stop(Exception):
+    """Ends an upload attempt with an outcome."""
+
+    def __init__(self, outcome: Outcome) -> None:
+        super().__init__(outcome.kind)
+        self.outcome = outcome
+
+
+@dataclass(frozen=True)
+class _Response:
+    status: int
+    headers: dict[str, str]
+    body: dict[str, Any]
+
+    def header(self, name: str) -> str | None:
+        return self.headers.get(name.lower())
+
+    @property
+    def error(self) -> str:
+        return str(self.body.get("error", "")) or f"HTTP {self.status}"
+
+
+def set_bbr(sock: socket.socket) -> bool:
+    """Use BBR on this socket where the kernel offers it (loss-tolerant congestion control);
+    otherwise keep the system's default. Returns whether BBR is in use."""
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, _TCP_CONGESTION, b"bbr")
+    except OSError:
+        return False
+    return True
+
+
+class _BbrHTTPConnection(http.client.HTTPConnection):
+    def connect(self) -> None:
+        super().connect()
+        set_bbr(self.sock)
+
+
+class _BbrHTTPSConnection(http.client.HTTPSConnection):
+    def connect(self) -> None:
+        super().connect()
+        set_bbr(self.sock)
+
+
+class HubSender:
+    """Uploads held objects to one hub; used from one worker thread."""
+
+    def __init__(
+        self,
+        destination: HubDestination,
+        *,
+        spool: Spool,
+        more_urgent: Callable[[int], bool] = lambda priority: False,
+    ) -> None:
+        self.destination = destination
+        self.spool = spool
+        self._more_urgent = more_urgent
+        self._url = urlsplit(destination.url)
+        self._conn: http.client.HTTPConnection | None = None
+        self._last_used = time.monotonic()
+        self.sizer = ChunkSizer(destination.min_chunk, destination.max_chunk)
+        self.bytes_sent = 0  # chunk bytes handed to the socket (re-sends included)
+
+    # -- the DestinationWorker's interface -------------------------------------------------
+
+    def idle_for(self) -> float:
+        """Seconds since the connection was last used."""
+        return time.monotonic() - self._last_used
+
+    def close(self) -> None:
+        """Close the connection (a new one is made when needed)."""
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                self._conn.close()
+            self._conn = None
+
+    def send(self, held: HeldObject, priority: int) -> Outcome:
+        """Upload one object (resuming any earlier attempt); the outcome for classify()."""
+        try:
+            return self._send(held, priority)
+        except _Stop as stop:
+            if stop.outcome.kind not in ("status", "preempted"):
+                self.close()
+            return stop.outcome
+        except IntegrityError as exc:
+            return Outcome("unreadable", detail=str(exc))
+        finally:
+            self._last_used = time.monotonic()
+
+    # -- one object ------------------------------------------------------------------------
+
+    def _send(self, held: HeldObject, priority: int) -> Outcome:
+        state = self._state(held.id)
+        if state is not None and state[3] in ("committed", "delivered"):
+            return Outcome("status", status=0)  # the hub already holds it
+        reader = self.spool.open_object(held)
+        try:
+            size, digest = _measure(reader)
+            if state is None:
+                created = self._create(held, size, digest)
+                if created is None:
+                    return Outcome("status", status=0)
+                url, offset = created
+            else:
+                url = state[0]
+                known = self._head(url)
+                if known is not None:
+                    offset = known
+                else:  # the hub forgot the upload (expired): start again
+                    self._forget(held.id)
+                    created = self._create(held, size, digest)
+                    if created is None:
+                        return Outcome("status", status=0)
+                    url, offset = created
+            for _ in range(4):  # a commit answered "incomplete" sends the rest, then again
+                offset = self._append_all(held.id, reader, url, offset, size, priority)
+                done = self._commit(held.id, url)
+                if done is None:
+                    return Outcome("status", status=0)
+                offset = done
+            return Outcome("http", status=409, detail="the hub keeps asking for more bytes")
+        finally:
+            reader.close()
+
+    def _create(self, held: HeldObject, size: int, digest: str) -> tuple[str, int] | None:
+        uids = self.spool.metadata(held)
+        meta = p.UploadMetadata(
+            uids["sop_instance_uid"],
+            uids["study_instance_uid"],
+            uids["series_instance_uid"],
+            digest,
+        )
+        response = self._request(
+            "POST",
+            p.UPLOADS,
+            headers={"Upload-Length": str(size), "Upload-Metadata": meta.header()},
+        )
+        if response.status == 200 and response.header("Waystation-Upload-State") == "committed":
+            self._save(held.id, response.body.get("upload", ""), size, size, "committed")
+            log.info("object %s: the hub already holds it", held.id)
+            return None
+        if response.status != 201:
+            raise _Stop(_failure(response))
+        location = response.header("Location") or ""
+        if not location.startswith(p.UPLOADS + "/"):
+            raise _Stop(Outcome("http", status=502, detail="the hub gave no upload location"))
+        offset = int(response.header("Upload-Offset") or 0)
+        # Why wait: the URL must be durable before bytes go out, so a restart resumes this
+        # upload instead of starting another.
+        self._save(held.id, location, size, offset, "uploading")
+        return location, offset
+
+    def _head(self, url: str) -> int | None:
+        response = self._request("HEAD", url)
+        if response.status == 404:
+            return None
+        if response.status != 200:
+            raise _Stop(_failure(response))
+        if response.header("Waystation-Upload-State") == "committed":
+            return int(response.header("Upload-Length") or 0)
+        return int(response.header("Upload-Offset") or 0)
+
+    def _append_all(
+        self, object_id: str, reader: BlobReader, url: str, offset: int, size: int, priority: int
+    ) -> int:
+        while offset < size:
+            if self._more_urgent(priority):
+                log.info("object %s: paused at byte %d for a more urgent object", object_id, offset)
+                raise _Stop(Outcome("preempted", detail=f"paused at {offset} of {size}"))
+            length = min(self.sizer.next_size(), size - offset)
+            data = _read_at(reader, offset, length)
+            data = self._gate(data)
+            started = time.monotonic()
+            response = self._request(
+                "PATCH",
+                url,
+                headers={
+                    "Upload-Offset": str(offset),
+                    "Content-Type": p.OFFSET_CONTENT_TYPE,
+                    "Upload-Checksum": p.checksum_header(hashlib.sha256(data).digest()),
+                },
+                body=data,
+            )
+            if response.status == 204:
+                confirmed = int(response.header("Upload-Offset") or 0)
+                self.sizer.observe(confirmed - offset, time.monotonic() - started)
+                offset = confirmed
+                self._confirm(object_id, offset)
+            elif response.status == 409 and response.header("Upload-Offset") is not None:
+                offset = int(response.header("Upload-Offset") or 0)  # the hub's offset wins
+            elif response.status == 404:
+                self._forget(object_id)
+                raise _Stop(Outcome("http", status=404, detail="the hub forgot the upload"))
+            else:
+                raise _Stop(_failure(response))
+        return offset
+
+    def _commit(self, object_id: str, url: str) -> int | None:
+        response = self._request("POST", url + "/commit")
+        if response.status == 200:
+            self._save_state(object_id, "committed")
+            return None
+        if response.status == 409 and response.header("Upload-Offset") is not None:
+            return int(response.header("Upload-Offset") or 0)
+        if response.status == 422:
+            # The hub discarded what it had (e.g. a hash mismatch): start over next time.
+            self._forget(object_id)
+        raise _Stop(_failure(response))
+
+    # -- seams for rate control and the envelope (router/wan) ------------------------------
+
+    def _gate(self, data: bytes) -> bytes:
+        """Where a chunk will wait for the rate gate; today it passes at once."""
+        return data
+
+    # -- receipts --------------------------------------------------------------------------
+
+    def poll_receipts(self) -> int:
+        """Ask the hub which committed objects reached the provider's PACS; records them.
+        Returns how many became "delivered to the provider"."""
+        conn = self.spool.reader_connection()
+        rows = conn.execute(
+            "SELECT object_id, url FROM hub_uploads WHERE destination = ? AND state = 'committed'"
+            " AND url LIKE ? ORDER BY updated_at LIMIT ?",
+            (self.destination.name, p.UPLOADS + "/%", _RECEIPT_BATCH),
+        ).fetchall()
+        if not rows:
+            return 0
+        by_upload = {str(url).rsplit("/", 1)[1]: str(object_id) for object_id, url in rows}
+        query = "&".join(f"upload={quote(u)}" for u in by_upload)
+        try:
+            response = self._request("GET", f"{p.RECEIPTS}?{query}")
+        except _Stop:
+            return 0
+        if response.status != 200:
+            return 0
+        delivered = [
+            by_upload[r["upload"]]
+            for r in response.body.get("receipts", [])
+            if r.get("state") == "delivered" and r.get("upload") in by_upload
+        ]
+        if delivered:
+            self.spool.journal.run(lambda c: _mark_delivered(c, self.destination.name, delivered))
+        return len(delivered)
+
+    # -- journal ---------------------------------------------------------------------------
+
+    def _state(self, object_id: str) -> tuple[str, int, int, str] | None:
+        row = (
+            self.spool.reader_connection()
+            .execute(
+                "SELECT url, size, confirmed, state FROM hub_uploads"
+                " WHERE object_id = ? AND destination = ?",
+                (object_id, self.destination.name),
+            )
+            .fetchone()
+        )
+        return (str(row[0]), int(row[1]), int(row[2]), str(row[3])) if row else None
+
+    def _save(self, object_id: str, url: str, size: int, confirmed: int, state: str) -> None:
+        self.spool.journal.run(
+            lambda conn: conn.execute(
+                "INSERT INTO hub_uploads(object_id, destination, url, size, confirmed, state,"
+                " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(object_id, destination)"
+                " DO UPDATE SET url = excluded.url, size = excluded.size,"
+                " confirmed = excluded.confirmed, state = excluded.state,"
+                " updated_at = excluded.updated_at",
+                (object_id, self.destination.name, url, size, confirmed, state, time.time()),
+            )
+        )
+
+    def _confirm(self, object_id: str, offset: int) -> None:
+        # Not waited for: the hub's HEAD is the authority on resume; this is for the console.
+        self.spool.journal.submit(
+            lambda conn: conn.execute(
+                "UPDATE hub_uploads SET confirmed = ?, updated_at = ?"
+                " WHERE object_id = ? AND destination = ? AND confirmed < ?",
+                (offset, time.time(), object_id, self.destination.name, offset),
+            )
+        )
+
+    def _save_state(self, object_id: str, state: str) -> None:
+        self.spool.journal.run(
+            lambda conn: conn.execute(
+                "UPDATE hub_uploads SET state = ?, confirmed = size, updated_at = ?"
+                " WHERE object_id = ? AND destination = ?",
+                (state, time.time(), object_id, self.destination.name),
+            )
+        )
+
+    def _forget(self, object_id: str) -> None:
+        self.spool.journal.run(
+            lambda conn: conn.execute(
+                "DELETE FROM hub_uploads WHERE object_id = ? AND destination = ?",
+                (object_id, self.destination.name),
+            )
+        )
+
+    # -- HTTP ------------------------------------------------------------------------------
+
+    def _connection(self) -> http.client.HTTPConnection:
+        if self._conn is None:
+            host = self._url.hostname or ""
+            port = self._url.port
+            timeout = self.destination.timeout
+            if self._url.scheme == "https":
+                context = ssl.create_default_context(
+                    cafile=str(self.destination.ca_file) if self.destination.ca_file else None
+                )
+                self._conn = _BbrHTTPSConnection(host, port, timeout=timeout, context=context)
+            else:
+                self._conn = _BbrHTTPConnection(host, port, timeout=timeout)
+        return self._conn
+
+    def _token(self) -> str:
+        try:
+            return self.destination.token_file.read_text().strip()
+        except OSError as exc:
+            raise _Stop(
+                Outcome("hub-token", detail=f"cannot read the token file ({exc.strerror})")
+            ) from None
+
+    def _request(
+        self, method: str, path: str, *, headers: dict[str, str] | None = None, body: bytes = b""
+    ) -> _Response:
+        all_headers = {
+            "Authorization": f"Bearer {self._token()}",
+            "Tus-Resumable": p.TUS_VERSION,
+            "Content-Length": str(len(body)),
+            **(headers or {}),
+        }
+        conn = self._connection()
+        if conn.sock is None:
+            try:
+                conn.connect()
+            except ssl.SSLCertVerificationError as exc:
+                self.close()
+                raise _Stop(
+                    Outcome("hub-tls", detail=exc.verify_message or "certificate")
+                ) from None
+            except ConnectionRefusedError:
+                self.close()
+                raise _Stop(Outcome("refused")) from None
+            except (OSError, http.client.HTTPException) as exc:
+                self.close()
+                raise _Stop(Outcome("unreachable", detail=type(exc).__name__)) from None
+        try:
+            conn.request(method, path, body=body or None, headers=all_headers)
+            if body:
+                self.bytes_sent += len(body)
+            response = conn.getresponse()
+            raw = response.read(1024 * 1024)
+            status = response.status
+            got = {k.lower(): v for k, v in response.getheaders()}
+        except (OSError, http.client.HTTPException) as exc:
+            self.close()
+            raise _Stop(Outcome("aborted", detail=type(exc).__name__)) from None
+        if got.get("connection", "").lower() == "close":
+            self.close()
+        try:
+            parsed = json.loads(raw) if raw else {}
+        except ValueError:
+            parsed = {}
+        return _Response(status, got, parsed if isinstance(parsed, dict) else {})
+
+
+def _failure(response: _Response) -> Outcome:
+    """An HTTP answer that is not success, as an outcome classify() understands."""
+    status = response.status
+    if status in (401, 403):
+        return Outcome("hub-token", status=status, detail=response.error)
+    retry_after = p.retry_after_seconds(response.header("Retry-After"))
+    return Outcome("http", status=status, detail=response.error, retry_after=retry_after)
+
+
+def _measure(reader: BlobReader) -> tuple[int, str]:
+    """Size and SHA-256 (hex) of the object's plaintext, reading it once."""
+    digest = hashlib.sha256()
+    size = 0
+    buffer = bytearray(1024 * 1024)
+    reader.seek(0)
+    while True:
+        n = reader.readinto(buffer)
+        if not n:
+            break
+        digest.update(memoryview(buffer)[:n])
+        size += n
+    return size, digest.hexdigest()
+
+
+def _read_at(reader: BlobReader, offset: int, length: int) -> bytes:
+    reader.seek(offset)
+    buffer = bytearray(length)
+    view = memoryview(buffer)
+    filled = 0
+    while filled < length:
+        n = reader.readinto(view[filled:])
+        if not n:
+            raise IntegrityError("the stored object is shorter than its recorded size")
+        filled += n
+    return bytes(buffer)
+
+
+def _mark_delivered(conn: sqlite3.Connection, destination: str, object_ids: list[str]) -> None:
+    now = time.time()
+    for object_id in object_ids:
+        changed = conn.execute(
+            "UPDATE hub_uploads SET state = 'delivered', updated_at = ?"
+            " WHERE object_id = ? AND destination = ? AND state = 'committed'",
+            (now, object_id, destination),
+        ).rowcount
+        if changed:
+            conn.execute(
+                "INSERT INTO history(object_id, at, event, detail) VALUES (?, ?, ?, ?)",
+                (
+                    object_id,
+                    now,
+                    "delivered-to-provider",
+                    json.dumps({"destination": destination}, sort_keys=True),
+                ),
+            )

@@ -1,0 +1,1 @@
+"""The Waystation hub: receives resumable uploads from clinic units (docs/hub-protocol.md)."""

@@ -1,0 +1,359 @@
+"""The hub and the hub sender in one process over loopback: resume, idempotence, scoping,
+hostile input. (Daemon-level tests - kill -9, the PACS behind the hub - are in
+test_hub_daemon.py.)"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import socket
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from pydicom.data import get_testdata_file
+
+from router.delivery.hub_sender import HubSender
+from router.hub.service import Hub
+from router.spool.spool import Spool
+from tests.support.faultproxy import FaultProxy
+from tests.support.hub import (
+    hold,
+    hub_config,
+    hub_destination,
+    hub_objects,
+    plaintext,
+    request,
+    start_hub,
+    unit_spool,
+)
+
+CT = Path(str(get_testdata_file("CT_small.dcm")))
+MR = Path(str(get_testdata_file("MR_small.dcm")))
+CHUNK = 16 * 1024
+
+
+@pytest.fixture
+def hub(tmp_path: Path) -> Iterator[Hub]:
+    running = start_hub(hub_config(tmp_path))
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def unit(tmp_path: Path) -> Iterator[Spool]:
+    spool = unit_spool(tmp_path)
+    yield spool
+    spool.close()
+
+
+def _token(hub: Hub, tmp_path: Path, unit: str = "CLINIC1") -> Path:
+    path = tmp_path / f"{unit}.token"
+    path.write_text(hub.units.enroll(unit) + "\n")
+    return path
+
+
+def _sender(unit: Spool, port: int, token: Path, **kwargs: object) -> HubSender:
+    destination = hub_destination(
+        f"http://127.0.0.1:{port}", token, min_chunk=CHUNK, max_chunk=CHUNK
+    )
+    return HubSender(destination, spool=unit, **kwargs)  # type: ignore[arg-type]
+
+
+def _big_object() -> bytes:
+    """CT_small grown to 512 x 512 (about 520 KB): many 16 KiB chunks."""
+    from pydicom import dcmread
+    from pydicom.filebase import DicomBytesIO
+
+    ds = dcmread(CT)
+    ds.Rows = ds.Columns = 512
+    ds.PixelData = bytes(range(256)) * 2048
+    out = DicomBytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return bytes(out.getvalue())
+
+
+def test_an_object_arrives_bit_exact_and_committed_once(
+    hub: Hub, unit: Spool, tmp_path: Path
+) -> None:
+    data = CT.read_bytes()
+    held = hold(unit, data)
+    sender = _sender(unit, hub.port, _token(hub, tmp_path))
+    outcome = sender.send(held, 2)
+    assert (outcome.kind, outcome.status) == ("status", 0)
+    [copy] = hub_objects(hub)
+    assert hashlib.sha256(plaintext(hub.spool, copy)).digest() == hashlib.sha256(data).digest()
+    # Sent again (e.g. an operator's resend): nothing is uploaded, nothing duplicated.
+    with sqlite3.connect(unit.root / "journal.sqlite") as conn:
+        conn.execute("DELETE FROM hub_uploads")
+    before = hub.server.stats.body_bytes
+    again = sender.send(held, 2)
+    assert (again.kind, again.status) == ("status", 0)
+    assert hub.server.stats.body_bytes == before
+    assert len(hub_objects(hub)) == 1
+    assert hub.server.stats.already_committed == 1
+
+
+def test_a_link_drop_mid_object_resumes_and_resends_at_most_one_chunk(
+    hub: Hub, unit: Spool, tmp_path: Path
+) -> None:
+    data = _big_object()
+    held = hold(unit, data)
+    with FaultProxy(hub.port) as proxy:
+        sender = _sender(unit, proxy.port, _token(hub, tmp_path))
+        proxy.reset_after(len(data) // 2, direction="up", times=1)
+        first = sender.send(held, 2)
+        assert first.kind == "aborted"
+        confirmed = unit.reader_connection().execute("SELECT confirmed FROM hub_uploads").fetchone()
+        assert 0 < confirmed[0] < len(data)
+        second = sender.send(held, 2)
+    assert (second.kind, second.status) == ("status", 0)
+    received = hub.server.stats.body_bytes
+    assert len(data) <= received <= len(data) + CHUNK, (received, len(data))
+    [copy] = hub_objects(hub)
+    assert plaintext(hub.spool, copy) == data
+
+
+def test_the_hub_restarting_mid_object_loses_no_confirmed_byte(tmp_path: Path, unit: Spool) -> None:
+    config = hub_config(tmp_path)
+    first_hub = start_hub(config)
+    token = _token(first_hub, tmp_path)
+    data = _big_object()
+    held = hold(unit, data)
+    calls = {"n": 0}
+
+    def stop_after_five(priority: int) -> bool:
+        calls["n"] += 1
+        return calls["n"] > 5
+
+    outcome = _sender(unit, first_hub.port, token, more_urgent=stop_after_five).send(held, 3)
+    assert outcome.kind == "preempted"
+    sent_before = first_hub.server.stats.body_bytes
+    assert sent_before == 5 * CHUNK
+    port = first_hub.port
+    first_hub.stop()
+    second_hub = start_hub(hub_config(tmp_path, port=port))
+    try:
+        done = _sender(unit, port, token).send(held, 3)
+        assert (done.kind, done.status) == ("status", 0)
+        # Nothing re-sent: the second hub took over at the first one's confirmed offset.
+        assert sent_before + second_hub.server.stats.body_bytes == len(data)
+        [copy] = hub_objects(second_hub)
+        assert plaintext(second_hub.spool, copy) == data
+    finally:
+        second_hub.stop()
+
+
+def test_a_more_urgent_object_preempts_at_a_chunk_boundary(
+    hub: Hub, unit: Spool, tmp_path: Path
+) -> None:
+    data = _big_object()
+    held = hold(unit, data)
+    urgent = threading.Event()
+    sender = _sender(unit, hub.port, _token(hub, tmp_path), more_urgent=lambda p: urgent.is_set())
+    urgent.set()
+    paused = sender.send(held, 3)
+    assert paused.kind == "preempted"
+    assert hub.server.stats.body_bytes % CHUNK == 0  # stopped between chunks, not inside one
+    urgent.clear()
+    assert sender.send(held, 3).kind == "status"
+    assert hub.server.stats.body_bytes == len(data)
+
+
+def test_repeated_commits_and_creates_answer_already_committed(
+    hub: Hub, unit: Spool, tmp_path: Path
+) -> None:
+    token = _token(hub, tmp_path).read_text().strip()
+    data = MR.read_bytes()
+    upload = _create(hub.port, token, data)
+    status, headers, _ = request(
+        hub.port,
+        "PATCH",
+        upload,
+        token=token,
+        headers={"Upload-Offset": "0", "Content-Type": "application/offset+octet-stream"},
+        body=data,
+    )
+    assert status == 204 and headers["upload-offset"] == str(len(data))
+    answers = [request(hub.port, "POST", upload + "/commit", token=token) for _ in range(3)]
+    assert [a[0] for a in answers] == [200, 200, 200]
+    assert [a[2]["already"] for a in answers] == [False, True, True]
+    status, headers, body = request(
+        hub.port, "POST", "/v1/uploads", token=token, headers=_create_headers(data)
+    )
+    assert status == 200 and body["already"] is True
+    assert len(hub_objects(hub)) == 1
+
+
+def test_hostile_requests_get_clear_errors_and_import_nothing(
+    hub: Hub, unit: Spool, tmp_path: Path
+) -> None:
+    token = _token(hub, tmp_path).read_text().strip()
+    data = MR.read_bytes()
+    upload = _create(hub.port, token, data)
+    octet = {"Content-Type": "application/offset+octet-stream"}
+
+    def patch(offset: int, body: bytes, **headers: str) -> tuple[int, dict[str, str], dict]:
+        return request(
+            hub.port,
+            "PATCH",
+            upload,
+            token=token,
+            headers={"Upload-Offset": str(offset), **octet, **headers},
+            body=body,
+        )
+
+    assert request(hub.port, "HEAD", upload)[0] == 401  # no token
+    assert request(hub.port, "HEAD", upload, token="wst_nope")[0] == 401
+    status, headers, body = patch(100, data[:10])
+    assert status == 409 and headers["upload-offset"] == "0" and "offset 0" in body["error"]
+    status, _, body = patch(0, data + b"x")
+    assert status == 413 and "past the upload's length" in body["error"]
+    checksum = "sha256 " + base64.b64encode(hashlib.sha256(b"other").digest()).decode()
+    assert patch(0, data[:100], **{"Upload-Checksum": checksum})[0] == 460
+    status, _, body = patch(0, data[:100], **{"Content-Encoding": "gzip"})
+    assert status == 415 and "Content-Encoding" in body["error"]
+    status, _, body = request(
+        hub.port,
+        "POST",
+        "/v1/uploads",
+        token=token,
+        headers={**_create_headers(data), "Upload-Length": str(2**40)},
+    )
+    assert status == 400 and "over the limit" in body["error"]
+    status, _, body = request(
+        hub.port,
+        "POST",
+        "/v1/uploads",
+        token=token,
+        headers={"Upload-Length": "10", "Upload-Metadata": "sop Li4v"},  # "../"
+    )
+    assert status == 400 and "not base64" not in body["error"]
+    # Complete the upload with the wrong bytes: the SHA-256 check refuses it at commit.
+    wrong = bytearray(data)
+    wrong[-1] ^= 0xFF
+    assert patch(0, bytes(wrong))[0] == 204
+    status, _, body = request(hub.port, "POST", upload + "/commit", token=token)
+    assert status == 422 and "SHA-256" in body["error"]
+    assert hub_objects(hub) == []
+    # The hub still serves: the right bytes commit.
+    assert patch(0, data)[0] == 204
+    assert request(hub.port, "POST", upload + "/commit", token=token)[0] == 200
+    assert len(hub_objects(hub)) == 1
+
+
+def test_a_unit_sees_and_touches_only_its_own_uploads(
+    hub: Hub, unit: Spool, tmp_path: Path
+) -> None:
+    mine = _token(hub, tmp_path, "CLINIC1").read_text().strip()
+    theirs = _token(hub, tmp_path, "CLINIC2").read_text().strip()
+    data = MR.read_bytes()
+    upload = _create(hub.port, mine, data)
+    octet = {"Upload-Offset": "0", "Content-Type": "application/offset+octet-stream"}
+    assert request(hub.port, "HEAD", upload, token=theirs)[0] == 404
+    assert request(hub.port, "PATCH", upload, token=theirs, headers=octet, body=data)[0] == 404
+    assert request(hub.port, "POST", upload + "/commit", token=theirs)[0] == 404
+    upload_id = upload.rsplit("/", 1)[1]
+    _, _, body = request(hub.port, "GET", f"/v1/receipts?upload={upload_id}", token=theirs)
+    assert body["receipts"] == [{"upload": upload_id, "state": "unknown"}]
+    _, _, body = request(hub.port, "GET", f"/v1/receipts?upload={upload_id}", token=mine)
+    assert body["receipts"] == [{"upload": upload_id, "state": "uploading"}]
+
+
+def test_a_revoked_unit_is_refused_in_plain_words(hub: Hub, unit: Spool, tmp_path: Path) -> None:
+    token_file = _token(hub, tmp_path)
+    held = hold(unit, CT.read_bytes())
+    assert hub.units.revoke("CLINIC1")
+    outcome = _sender(unit, hub.port, token_file).send(held, 2)
+    assert outcome.kind == "hub-token" and outcome.status == 403
+    assert "revoked" in outcome.detail
+    assert hub_objects(hub) == []
+
+
+def test_a_slow_client_is_cut_and_others_are_served(hub: Hub, unit: Spool, tmp_path: Path) -> None:
+    token = _token(hub, tmp_path).read_text().strip()
+    data = MR.read_bytes()
+    upload = _create(hub.port, token, data)
+    slow = socket.create_connection(("127.0.0.1", hub.port))
+    slow.sendall(
+        (
+            f"PATCH {upload} HTTP/1.1\r\nHost: x\r\nTus-Resumable: 1.0.0\r\n"
+            f"Authorization: Bearer {token}\r\nUpload-Offset: 0\r\n"
+            "Content-Type: application/offset+octet-stream\r\nContent-Length: 1000\r\n\r\n"
+        ).encode()
+    )
+    started = time.monotonic()
+    answer = b""
+    slow.settimeout(0.5)
+    while time.monotonic() - started < 20:
+        assert request(hub.port, "HEAD", upload, token=token)[0] == 200  # others are served
+        try:
+            slow.sendall(b"x")
+            chunk = slow.recv(4096)
+        except (TimeoutError, OSError):
+            continue
+        if not chunk:
+            break
+        answer += chunk
+        if b"\r\n\r\n" in answer:
+            break
+    slow.close()
+    assert answer.startswith(b"HTTP/1.1 408"), answer[:80]
+    assert time.monotonic() - started < 15
+    _, headers, _ = request(hub.port, "HEAD", upload, token=token)
+    assert headers["upload-offset"] == "0"  # nothing of the slow body was kept
+
+
+def test_a_manifest_reports_how_much_of_a_study_arrived(
+    hub: Hub, unit: Spool, tmp_path: Path
+) -> None:
+    from pydicom import dcmread
+
+    token_file = _token(hub, tmp_path)
+    token = token_file.read_text().strip()
+    study = str(dcmread(CT).StudyInstanceUID)
+    status, _, body = request(
+        hub.port,
+        "POST",
+        "/v1/manifests",
+        token=token,
+        headers={"Content-Type": "application/json"},
+        body=f'{{"study_uid": "{study}", "expected": 3}}'.encode(),
+    )
+    assert status == 200 and body["summary"] == "0 of 3 received"
+    held = hold(unit, CT.read_bytes())
+    assert _sender(unit, hub.port, token_file).send(held, 2).kind == "status"
+    _, _, body = request(
+        hub.port,
+        "POST",
+        "/v1/manifests",
+        token=token,
+        body=f'{{"study_uid": "{study}"}}'.encode(),
+    )
+    assert body["summary"] == "1 of 3 received"
+
+
+def _create_headers(data: bytes) -> dict[str, str]:
+    from pydicom import dcmread
+
+    from router.hub.protocol import UploadMetadata
+
+    ds = dcmread(__import__("io").BytesIO(data))
+    meta = UploadMetadata(
+        str(ds.SOPInstanceUID),
+        str(ds.StudyInstanceUID),
+        str(ds.SeriesInstanceUID),
+        hashlib.sha256(data).hexdigest(),
+    )
+    return {"Upload-Length": str(len(data)), "Upload-Metadata": meta.header()}
+
+
+def _create(port: int, token: str, data: bytes) -> str:
+    status, headers, _ = request(
+        port, "POST", "/v1/uploads", token=token, headers=_create_headers(data)
+    )
+    assert status == 201, status
+    return headers["location"]

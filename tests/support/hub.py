@@ -1,0 +1,110 @@
+"""Helpers for hub tests: an in-process hub on loopback, a unit spool holding objects, and
+raw requests for hostile-input tests."""
+
+from __future__ import annotations
+
+import http.client
+import json
+from pathlib import Path
+from typing import Any
+
+from router.config.model import Config, HubDestination, SpoolConfig
+from router.core.objects import PlannedDelivery, Source
+from router.hub.service import Hub
+from router.ingest.attributes import read_attributes
+from router.spool.spool import HeldObject, Spool
+
+SOURCE = Source("MODALITY", "WAYSTATION", "127.0.0.1")
+
+
+def hub_config(directory: Path, *, extra: dict[str, Any] | None = None, port: int = 0) -> Config:
+    """A hub configuration: plain HTTP on loopback (tests only), its own spool."""
+    raw: dict[str, Any] = {
+        "spool": {
+            "path": str(directory / "hub-spool"),
+            "min_free": 0,
+            "key_file": str(directory / "hub.keys"),
+        },
+        "hub": {"listen": f"127.0.0.1:{port}", "insecure_plain_http": True, "request_timeout": 3.0},
+    }
+    for key, value in (extra or {}).items():
+        raw[key] = value
+    return Config.model_validate(raw)
+
+
+def start_hub(config: Config) -> Hub:
+    """Start a hub in this process."""
+    hub = Hub(config)
+    hub.start()
+    return hub
+
+
+def unit_spool(directory: Path) -> Spool:
+    """A unit's spool (no daemon)."""
+    return Spool(SpoolConfig(path=directory / "unit-spool", min_free=0))
+
+
+def hold(
+    spool: Spool, data: bytes, destination: str = "hub", priority: str = "routine"
+) -> HeldObject:
+    """Store ``data`` (a Part 10 file) in the unit's spool, routed to ``destination``."""
+    incoming = spool.begin()
+    incoming.write(data)
+    incoming.finish()
+    with incoming.reader() as reader:
+        attributes = read_attributes(
+            reader,  # type: ignore[arg-type]
+            command_sop_class="",
+            command_sop_instance="",
+        )
+    result = spool.store(
+        incoming,
+        attributes,
+        SOURCE,
+        [PlannedDelivery(destination, "all", priority)],  # type: ignore[arg-type]
+    )
+    held = spool.get(result.object_id)
+    assert held is not None
+    return held
+
+
+def hub_destination(url: str, token_file: Path, **extra: Any) -> HubDestination:
+    """A `type = "hub"` destination."""
+    return HubDestination.model_validate(
+        {"name": "hub", "type": "hub", "url": url, "token_file": str(token_file), **extra}
+    )
+
+
+def request(
+    port: int,
+    method: str,
+    path: str,
+    *,
+    token: str | None = None,
+    headers: dict[str, str] | None = None,
+    body: bytes = b"",
+) -> tuple[int, dict[str, str], dict[str, Any]]:
+    """One raw request to the hub; (status, headers lower-cased, JSON body or {})."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    sent = {"Tus-Resumable": "1.0.0", "Content-Length": str(len(body)), **(headers or {})}
+    if token is not None:
+        sent["Authorization"] = f"Bearer {token}"
+    try:
+        conn.request(method, path, body=body or None, headers=sent)
+        response = conn.getresponse()
+        raw = response.read()
+        got = {k.lower(): v for k, v in response.getheaders()}
+        return response.status, got, (json.loads(raw) if raw else {})
+    finally:
+        conn.close()
+
+
+def hub_objects(hub: Hub) -> list[HeldObject]:
+    """The objects the hub holds."""
+    return list(hub.spool.held_objects(("held",)))
+
+
+def plaintext(spool: Spool, held: HeldObject) -> bytes:
+    """The decrypted bytes of a held object."""
+    with spool.open_object(held) as reader:
+        return reader.read()
