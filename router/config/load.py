@@ -158,9 +158,7 @@ def _fields_at(loc: Loc) -> list[str]:
         if field is None:
             return []
         in_table = typing.get_origin(field.annotation) is dict
-        model = (
-            _DESTINATION_UNION if part == "destinations" else _innermost_model(field.annotation)
-        )
+        model = _DESTINATION_UNION if part == "destinations" else _innermost_model(field.annotation)
     if isinstance(model, type) and issubclass(model, BaseModel):
         return sorted(model.model_fields)
     return []
