@@ -20,6 +20,7 @@ from pydantic import (
 )
 
 from router.config.dicom_names import check_keyword, check_modality, resolve_sop_class
+from router.config.rate import RateConfig
 from router.config.units import parse_duration, parse_hours, parse_size
 
 _AE_ALLOWED = re.compile(r"^[\x20-\x5b\x5d-\x7e]+$")  # default character repertoire, no "\"
@@ -182,6 +183,10 @@ class HubDestination(_Strict):
     min_chunk: ByteSize = Field(default=256 * 1024, ge=16 * 1024, le=64 * 1024 * 1024)
     max_chunk: ByteSize = Field(default=8 * 1024 * 1024, ge=16 * 1024, le=64 * 1024 * 1024)
     timeout: Seconds = Field(default=60.0, ge=1, le=3600)
+    # Objects that compress travel in the lossless envelope (router/wan/envelope.py).
+    envelope: bool = Field(default=True, strict=True)
+    # Caps, a weekly calendar of caps and byte budgets on the wire (router/wan/rate.py).
+    rate: RateConfig = Field(default_factory=RateConfig)
 
     @property
     def associations(self) -> int:

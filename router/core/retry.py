@@ -104,6 +104,8 @@ def classify(outcome: Outcome, *, destination: str, unit_ae: str, dest_ae: str) 
             "permanent",
             f"{name}'s certificate is not trusted ({outcome.detail}). Check ca_file. Call IT.",
         )
+    if kind == "held":
+        return Classification("transient", f"{name}: {outcome.detail or 'held back'}.")
     if kind == "preempted":
         return Classification("transient", f"{name}: paused for a more urgent study.")
     if kind == "unreadable":

@@ -7,14 +7,18 @@ offset is recorded as it comes, so a dropped link, a kill -9 or a power cut resu
 object where the hub says it stands (a HEAD asks; the hub's answer wins over ours). A break
 costs at most the chunk in flight.
 
-Seams for the WAN work (router/wan, built alongside): ``_gate`` is where each chunk will
-pass the rate gate (token bucket, calendar, budgets); ``_wire_bytes`` is where an object
-that compresses will be put in the lossless envelope. Both are identity today.
+Objects up to ``_ENVELOPE_MAX`` that compress travel in the lossless envelope
+(router/wan/envelope.py; the hub restores the original bytes and checks their SHA-256). The
+envelope is deterministic, so a resumed upload re-makes the same bytes; if it ever did not,
+the hub's check at commit refuses it and the object is sent again, never stored wrong.
+Each chunk passes the destination's rate gate (router/wan/rate.py: cap, weekly calendar,
+daily and monthly budgets in wire bytes, STAT exempt if configured) before it is sent.
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import hashlib
 import http.client
 import json
@@ -35,11 +39,31 @@ from router.errors import IntegrityError
 from router.hub import protocol as p
 from router.spool.crypto import BlobReader
 from router.spool.spool import HeldObject, Spool
+from router.wan import envelope
+from router.wan.rate import BudgetCounters, RateGate
 
 log = logging.getLogger("waystation.delivery")
 
 _TCP_CONGESTION = getattr(socket, "TCP_CONGESTION", 13)
 _RECEIPT_BATCH = 100
+# Bigger objects are streamed as they are (the envelope is made in memory).
+_ENVELOPE_MAX = 64 * 1024 * 1024
+# A gate wait longer than this (a used-up budget, a paused window) gives the object back to
+# the queue until then, instead of holding the worker.
+_LONGEST_GATE_WAIT = 30.0
+_HTTP_OVERHEAD = 400  # request and response headers per chunk, counted against budgets
+_STAT = 0
+
+
+@dataclass(frozen=True)
+class _Wire:
+    """What goes on the wire for one object: in memory (maybe enveloped), or streamed."""
+
+    object_id: str
+    data: bytes | None  # None: read from the stored object
+    size: int
+    sha256: str  # of the original object
+    encoding: str
 
 
 class _Stop(Exception):
@@ -104,6 +128,8 @@ class HubSender:
         self._last_used = time.monotonic()
         self.sizer = ChunkSizer(destination.min_chunk, destination.max_chunk)
         self.bytes_sent = 0  # chunk bytes handed to the socket (re-sends included)
+        self.gate = RateGate(destination.rate.policy(), counters=self._load_counters())
+        self._wire_cache: _Wire | None = None
 
     # -- the DestinationWorker's interface -------------------------------------------------
 
@@ -139,9 +165,9 @@ class HubSender:
             return Outcome("status", status=0)  # the hub already holds it
         reader = self.spool.open_object(held)
         try:
-            size, digest = _measure(reader)
-            if state is None:
-                created = self._create(held, size, digest)
+            wire = self._wire(held, reader)
+            if state is None or state[1] != wire.size:
+                created = self._create(held, wire)
                 if created is None:
                     return Outcome("status", status=0)
                 url, offset = created
@@ -152,28 +178,50 @@ class HubSender:
                     offset = known
                 else:  # the hub forgot the upload (expired): start again
                     self._forget(held.id)
-                    created = self._create(held, size, digest)
+                    created = self._create(held, wire)
                     if created is None:
                         return Outcome("status", status=0)
                     url, offset = created
             for _ in range(4):  # a commit answered "incomplete" sends the rest, then again
-                offset = self._append_all(held.id, reader, url, offset, size, priority)
+                offset = self._append_all(wire, reader, url, offset, priority)
                 done = self._commit(held.id, url)
                 if done is None:
+                    self._wire_cache = None
                     return Outcome("status", status=0)
                 offset = done
             return Outcome("http", status=409, detail="the hub keeps asking for more bytes")
         finally:
             reader.close()
 
-    def _create(self, held: HeldObject, size: int, digest: str) -> tuple[str, int] | None:
+    def _wire(self, held: HeldObject, reader: BlobReader) -> _Wire:
+        """The bytes to upload: the envelope when it is smaller, else the object itself."""
+        cached = self._wire_cache
+        if cached is not None and cached.object_id == held.id:
+            return cached
+        if not self.destination.envelope or held.size > _ENVELOPE_MAX:
+            size, digest = _measure(reader)
+            wire = _Wire(held.id, None, size, digest, "")
+        else:
+            original = _read_at(reader, 0, held.size)
+            digest = hashlib.sha256(original).hexdigest()
+            wrapped = envelope.wrap(original)
+            if envelope.read_header(wrapped).mode is envelope.Mode.STORED:
+                wire = _Wire(held.id, original, len(original), digest, "")
+            else:
+                wire = _Wire(held.id, wrapped, len(wrapped), digest, p.ENVELOPE)
+        self._wire_cache = wire
+        return wire
+
+    def _create(self, held: HeldObject, wire: _Wire) -> tuple[str, int] | None:
         uids = self.spool.metadata(held)
         meta = p.UploadMetadata(
             uids["sop_instance_uid"],
             uids["study_instance_uid"],
             uids["series_instance_uid"],
-            digest,
+            wire.sha256,
+            wire.encoding,
         )
+        size = wire.size
         response = self._request(
             "POST",
             p.UPLOADS,
@@ -205,15 +253,17 @@ class HubSender:
         return int(response.header("Upload-Offset") or 0)
 
     def _append_all(
-        self, object_id: str, reader: BlobReader, url: str, offset: int, size: int, priority: int
+        self, wire: _Wire, reader: BlobReader, url: str, offset: int, priority: int
     ) -> int:
+        object_id, size = wire.object_id, wire.size
         while offset < size:
-            if self._more_urgent(priority):
-                log.info("object %s: paused at byte %d for a more urgent object", object_id, offset)
-                raise _Stop(Outcome("preempted", detail=f"paused at {offset} of {size}"))
+            self._check_preempted(object_id, priority, offset, size)
             length = min(self.sizer.next_size(), size - offset)
-            data = _read_at(reader, offset, length)
-            data = self._gate(data)
+            if wire.data is not None:
+                data = wire.data[offset : offset + length]
+            else:
+                data = _read_at(reader, offset, length)
+            self._gate(len(data) + _HTTP_OVERHEAD, priority, object_id, offset, size)
             started = time.monotonic()
             response = self._request(
                 "PATCH",
@@ -225,6 +275,7 @@ class HubSender:
                 },
                 body=data,
             )
+            self._sent(len(data) + _HTTP_OVERHEAD, priority)
             if response.status == 204:
                 confirmed = int(response.header("Upload-Offset") or 0)
                 self.sizer.observe(confirmed - offset, time.monotonic() - started)
@@ -251,11 +302,54 @@ class HubSender:
             self._forget(object_id)
         raise _Stop(_failure(response))
 
-    # -- seams for rate control and the envelope (router/wan) ------------------------------
+    # -- preemption and the rate gate ------------------------------------------------------
 
-    def _gate(self, data: bytes) -> bytes:
-        """Where a chunk will wait for the rate gate; today it passes at once."""
-        return data
+    def _check_preempted(self, object_id: str, priority: int, offset: int, size: int) -> None:
+        if self._more_urgent(priority):
+            log.info("object %s: paused at byte %d for a more urgent object", object_id, offset)
+            raise _Stop(Outcome("preempted", detail=f"paused at {offset} of {size}"))
+
+    def _gate(self, nbytes: int, priority: int, object_id: str, offset: int, size: int) -> None:
+        """Wait until the rate gate lets ``nbytes`` go; a long wait hands the object back."""
+        while True:
+            decision = self.gate.ask(nbytes, _now(), stat=priority == _STAT)
+            if decision.allowed:
+                return
+            if decision.wait > _LONGEST_GATE_WAIT:
+                raise _Stop(Outcome("held", detail=decision.reason, retry_after=decision.wait))
+            # Short waits in slices, so a STAT object still preempts a held-back one.
+            time.sleep(min(decision.wait, 1.0))
+            self._check_preempted(object_id, priority, offset, size)
+
+    def _sent(self, nbytes: int, priority: int) -> None:
+        self.gate.sent(nbytes, _now(), stat=priority == _STAT)
+        record = json.dumps(self.gate.counters.to_dict())
+        key = f"rate-counters:{self.destination.name}"
+        # Not waited for: losing the last few chunks' counts at a crash overshoots a budget
+        # by at most those chunks.
+        self.spool.journal.submit(
+            lambda conn: conn.execute(
+                "INSERT INTO journal_meta(key, value) VALUES (?, ?)"
+                " ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                (key, record),
+            )
+        )
+
+    def _load_counters(self) -> BudgetCounters:
+        row = (
+            self.spool.reader_connection()
+            .execute(
+                "SELECT value FROM journal_meta WHERE key = ?",
+                (f"rate-counters:{self.destination.name}",),
+            )
+            .fetchone()
+        )
+        if row is None:
+            return BudgetCounters()
+        try:
+            return BudgetCounters.from_dict(json.loads(row[0]))
+        except (ValueError, TypeError, KeyError):
+            return BudgetCounters()
 
     # -- receipts --------------------------------------------------------------------------
 
@@ -406,6 +500,10 @@ class HubSender:
         except ValueError:
             parsed = {}
         return _Response(status, got, parsed if isinstance(parsed, dict) else {})
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
 
 
 def _failure(response: _Response) -> Outcome:

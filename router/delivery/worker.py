@@ -183,6 +183,15 @@ class DestinationWorker:
                 # claim again, most urgent first. The upload resumes where it stopped.
                 self.queue.release(name, batch[index:], time.time())
                 return
+            if outcome.kind == "held":
+                # The rate gate holds sending back (a used-up budget, a paused window): the
+                # batch waits, uncounted, until the gate opens.
+                until = time.time() + (outcome.retry_after or 60.0)
+                self.queue.release(name, batch[index:], until)
+                with self._lock:
+                    self._down_until = until
+                self._set("waiting", verdict.reason, next_retry_at=until)
+                return
             if self._consecutive_failures:
                 log.info("%s accepts connections again: delivering", name)
             self._consecutive_failures = 0

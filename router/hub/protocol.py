@@ -26,6 +26,8 @@ _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 _UPLOAD_ID = re.compile(r"^[0-9a-f]{32}$")
 _UNIT = re.compile(r"^[A-Za-z0-9_.\-]{1,16}$")
 _REQUIRED = ("sop", "study", "series", "sha256")
+ENVELOPE = "wsev1"
+ENCODINGS = frozenset({"", ENVELOPE})
 
 
 class ProtocolError(ValueError):
@@ -40,6 +42,9 @@ class UploadMetadata:
     study_instance_uid: str
     series_instance_uid: str
     sha256: str  # hex of the SHA-256 of the object's bytes, as the unit holds them
+    # "" the bytes as they are; "wsev1" the lossless envelope (router/wan/envelope.py), which
+    # the hub unwraps at commit. The sha256 is always the original object's.
+    encoding: str = ""
 
     def header(self) -> str:
         """The Upload-Metadata header value (tus: comma-separated "key base64(value)")."""
@@ -49,6 +54,8 @@ class UploadMetadata:
             "series": self.series_instance_uid,
             "sha256": self.sha256,
         }
+        if self.encoding:
+            pairs["encoding"] = self.encoding
         return ",".join(f"{k} {base64.b64encode(v.encode()).decode()}" for k, v in pairs.items())
 
 
@@ -74,7 +81,12 @@ def parse_metadata(value: str | None) -> UploadMetadata:
         check_uid(fields[key], key)
     if not _SHA256_HEX.match(fields["sha256"]):
         raise ProtocolError("Upload-Metadata: sha256 must be 64 lower-case hex digits")
-    return UploadMetadata(fields["sop"], fields["study"], fields["series"], fields["sha256"])
+    encoding = fields.get("encoding", "")
+    if encoding not in ENCODINGS:
+        raise ProtocolError(f"Upload-Metadata: encoding must be one of {sorted(ENCODINGS)}")
+    return UploadMetadata(
+        fields["sop"], fields["study"], fields["series"], fields["sha256"], encoding
+    )
 
 
 def check_uid(value: str, what: str) -> str:

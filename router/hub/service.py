@@ -73,6 +73,7 @@ class Hub:
             planner=self._plan,
             on_stored=self._wake,
             wanted_keywords=wanted_keywords(self._rules),
+            max_object=self.hub_config.max_object,
         )
         self.store.recover()
         self.units = UnitRegistry(self.spool.journal, self.spool.reader_connection)

@@ -39,11 +39,12 @@ from typing import BinaryIO, cast
 
 from router.core.objects import ObjectAttributes, PlannedDelivery, Source
 from router.errors import IntegrityError, StorageFault, StorageFull
-from router.hub.protocol import UploadMetadata
+from router.hub.protocol import ENVELOPE, UploadMetadata
 from router.ingest.attributes import UnreadableObject, read_attributes
 from router.spool.crypto import open_sealed, seal
 from router.spool.fsio import fsync_dir, fsync_file, make_dirs
 from router.spool.spool import Spool, StoreResult
+from router.wan.envelope import EnvelopeError, unwrap
 
 log = logging.getLogger("waystation.hub")
 
@@ -137,8 +138,10 @@ class HubStore:
         planner: Planner,
         on_stored: Callable[[Sequence[PlannedDelivery]], None] = lambda d: None,
         wanted_keywords: frozenset[str] = frozenset(),
+        max_object: int = 4 * 1024**3,
     ) -> None:
         self.spool = spool
+        self.max_object = max_object
         self.root = spool.root / "uploads"
         make_dirs(self.root)
         self._planner = planner
@@ -180,6 +183,7 @@ class HubStore:
             "study_instance_uid": meta.study_instance_uid,
             "series_instance_uid": meta.series_instance_uid,
             "sha256": meta.sha256,
+            "encoding": meta.encoding,
         }
         sealed = keyring.seal_record(upload_id, json.dumps(record).encode())
         study_tag = keyring.lookup_tag("study", meta.study_instance_uid)
@@ -335,7 +339,10 @@ class HubStore:
         announced = json.loads(self.spool.keyring.open_record(upload.id, bytes(sealed)))
         incoming = self.spool.begin()
         try:
-            self._replay_segments(upload, incoming.write)
+            if announced.get("encoding") == ENVELOPE:
+                self._unwrap_into(upload, incoming.write)
+            else:
+                self._replay_segments(upload, incoming.write)
             incoming.finish()
         except BaseException:
             incoming.discard()
@@ -390,6 +397,24 @@ class HubStore:
             upload.size,
         )
         return Committed(upload.id, result.object_id, already=False)
+
+    def _unwrap_into(self, upload: Upload, write: Callable[[bytes], int]) -> None:
+        """Restore an enveloped upload to the original bytes (in memory: the envelope is
+        bounded by max_object, and unwrap never inflates past the size it declares)."""
+        collected = bytearray()
+
+        def collect(piece: bytes) -> int:
+            collected.extend(piece)
+            return len(piece)
+
+        self._replay_segments(upload, collect)
+        try:
+            original = unwrap(bytes(collected), max_size=self.max_object)
+        except EnvelopeError as exc:
+            self._restart(upload.id)
+            raise Unprocessable(f"the envelope is not valid ({exc}); send it again") from None
+        for start in range(0, len(original), 1024 * 1024):
+            write(original[start : start + 1024 * 1024])
 
     def _replay_segments(self, upload: Upload, write: Callable[[bytes], int]) -> None:
         key = self._data_key(upload.id)
