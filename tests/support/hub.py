@@ -108,3 +108,58 @@ def plaintext(spool: Spool, held: HeldObject) -> bytes:
     """The decrypted bytes of a held object."""
     with spool.open_object(held) as reader:
         return reader.read()
+
+
+def make_objects(
+    directory: Path, count: int, *, size: int = 512, modality: str = "CT", seed: int = 0
+) -> list[Path]:
+    """``count`` Part 10 files of about ``size`` KiB (random pixels: they do not compress),
+    each with its own SOP Instance UID, in one study."""
+    import os
+    import random
+
+    from pydicom import dcmread
+    from pydicom.data import get_testdata_file
+    from pydicom.uid import generate_uid
+
+    directory.mkdir(parents=True, exist_ok=True)
+    template = dcmread(str(get_testdata_file("CT_small.dcm")))
+    rng = random.Random(seed)
+    study = generate_uid(entropy_srcs=[f"study-{seed}-{modality}"])
+    side = max(16, int((size * 1024 / 2) ** 0.5))
+    paths = []
+    for index in range(count):
+        ds = template.copy()
+        ds.Modality = modality
+        ds.StudyInstanceUID = study
+        ds.SeriesInstanceUID = generate_uid(entropy_srcs=[f"series-{seed}-{modality}"])
+        sop = generate_uid(entropy_srcs=[f"sop-{seed}-{modality}-{index}"])
+        ds.SOPInstanceUID = sop
+        ds.file_meta.MediaStorageSOPInstanceUID = sop
+        ds.Rows = ds.Columns = side
+        ds.PixelData = rng.randbytes(side * side * 2) if size else os.urandom(0)
+        path = directory / f"{modality}-{index:04d}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths
+
+
+def hub_destination_toml(port: int, token_file: Path, **extra: object) -> str:
+    """A `type = "hub"` ``[[destinations]]`` table for write_config(destinations=...)."""
+    lines = [
+        'name = "hub"',
+        'type = "hub"',
+        f'url = "http://127.0.0.1:{port}"',
+        f'token_file = "{token_file}"',
+        *(f"{key} = {value}" for key, value in extra.items()),
+    ]
+    return "\n[[destinations]]\n" + "\n".join(lines) + "\n"
+
+
+def unit_journal_rows(config: Path, query: str) -> list[tuple[Any, ...]]:
+    """Rows from a router's journal, read-only (the router may be running)."""
+    import sqlite3
+
+    journal = config.parent / "spool" / "journal.sqlite"
+    with sqlite3.connect(f"file:{journal}?mode=ro", uri=True) as conn:
+        return list(conn.execute(query))
