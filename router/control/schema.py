@@ -109,6 +109,12 @@ class DestinationView(_Model):
     paused: bool = False
     paused_by: str = ""
     paused_reason: str = ""
+    # Hub destinations only (kind "hub"): the link in one word - "up", "degraded" (attempts
+    # are failing, copies wait) or "down" (the hub cannot be reached or refuses this unit;
+    # ``reason`` says which, ``since`` since when) - and what the hub's receipts say.
+    link: str = ""
+    at_hub: int = 0  # held at the hub, not yet confirmed at the provider's PACS
+    at_provider: int = 0  # delivered to the provider's PACS
 
 
 class UnitStatus(_Model):

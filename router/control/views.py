@@ -104,6 +104,20 @@ def _destination(ctx: ControlContext, conn: sqlite3.Connection, name: str) -> De
             "retry them once the cause is fixed."
         )
     destination = next(d for d in ctx.config.destinations if d.name == name)
+    hub: dict[str, object] = {}
+    if isinstance(destination, HubDestination):
+        receipts = dict(
+            conn.execute(
+                "SELECT state, count(*) FROM hub_uploads WHERE destination = ? GROUP BY state",
+                (name,),
+            ).fetchall()
+        )
+        hub = {
+            "kind": "hub",
+            "link": hub_link(state),
+            "at_hub": int(receipts.get("committed", 0)),
+            "at_provider": int(receipts.get("delivered", 0)),
+        }
     return DestinationView(
         name=name,
         address=(
@@ -127,7 +141,17 @@ def _destination(ctx: ControlContext, conn: sqlite3.Connection, name: str) -> De
         paused=paused,
         paused_by=pause[1] if paused else "",
         paused_reason=pause[2] if paused else "",
+        **hub,  # type: ignore[arg-type]
     )
+
+
+def hub_link(state: str) -> str:
+    """A hub destination's link in one word, from its worker's state."""
+    if state in ("down", "blocked"):
+        return "down"
+    if state == "waiting":
+        return "degraded"
+    return "up"
 
 
 def spool_usage(ctx: ControlContext, conn: sqlite3.Connection, now: float) -> SpoolUsage:
