@@ -191,15 +191,14 @@ class WanLink:
 
     def raw_tcp(self, nbytes: int, congestion: str = "cubic", port: int = 5201) -> TcpResult:
         """Send ``nbytes`` over one raw TCP connection from a to b and time it."""
-        here = ["-m", "tests.support.wanlink"]
+        here, repo = ["-m", "tests.support.wanlink"], Path(__file__).resolve().parents[2]
         sink = self.popen("b", [sys.executable, *here, "sink", self.b_addr, str(port)],
-                          stdout=subprocess.PIPE, cwd=Path(__file__).resolve().parents[2])  # fmt: skip
+                          stdout=subprocess.PIPE, cwd=repo)  # fmt: skip
         try:
             assert sink.stdout is not None
             sink.stdout.readline()  # "listening"
             done = self.run("a", [sys.executable, *here, "source", self.b_addr, str(port),
-                                  str(nbytes), congestion],
-                            cwd=Path(__file__).resolve().parents[2])  # fmt: skip
+                                  str(nbytes), congestion], cwd=repo)  # fmt: skip
             if done.returncode != 0:
                 raise RuntimeError(f"raw TCP source failed: {done.stderr.strip()[-500:]}")
             return TcpResult(**json.loads(done.stdout))
