@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # Debian packages the tests and benchmarks drive as real peers.
 DEB_PACKAGES := dcmtk orthanc fuse3 libfuse3-3 tmux python3-venv
 
-.PHONY: run test lint unit deps deps-run apt-install venv bench soak clean console-screenshots
+.PHONY: run test lint unit deps deps-run apt-install venv bench bench-wan soak clean console-screenshots
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -60,6 +60,11 @@ soak: deps $(STAMP)
 bench: deps $(STAMP)
 	$(PY) -m bench.ingest --out docs/benchmarks.md && $(PY) -m bench.delivery --out docs/benchmarks.md \
 	  && $(PY) -m bench.control --out docs/benchmarks.md
+
+## WAN benchmark: C-STORE and raw TCP through the namespace link emulator (needs root: network
+## namespaces and TUN); replaces the WAN section of docs/benchmarks.md.
+bench-wan: deps $(STAMP)
+	$(PY) -m bench.wan --out docs/benchmarks.md
 
 ## Re-record the console's snapshots and copy them into the operator guide's pictures.
 console-screenshots: $(STAMP)

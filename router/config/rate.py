@@ -25,7 +25,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
-from router.config.units import parse_hours, parse_size
+from router.config.units import parse_duration, parse_hours, parse_size
 from router.wan.rate import CapWindow, RatePolicy
 
 _RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z/]*)\s*$")
@@ -109,6 +109,10 @@ class RateConfig(_Strict):
     stat_exempt: bool = Field(default=True, strict=True)
     # Back off when the link's queueing delay rises, so the clinic's own traffic stays usable.
     polite: bool = Field(default=False, strict=True)
+    # How much queueing delay polite mode may add, e.g. "0.1 s".
+    polite_delay: Annotated[float, BeforeValidator(parse_duration)] = Field(
+        default=0.1, ge=0.02, le=5.0
+    )
     # IANA name such as "Africa/Blantyre"; "local" is the unit's system time zone.
     timezone: str = "local"
 

@@ -138,8 +138,21 @@ class RateGate:
 
     policy: RatePolicy
     counters: BudgetCounters = field(default_factory=BudgetCounters)
+    # A cap set at run time (polite mode), applied on top of the policy; None = none.
+    dynamic_cap: int | None = None
     _tokens: float = 0.0
     _last: dt.datetime | None = None
+
+    def limit_to(self, bits_per_second: float | None) -> None:
+        """Hold the sender to at most ``bits_per_second`` as well (None lifts it)."""
+        self.dynamic_cap = None if bits_per_second is None else max(1, int(bits_per_second))
+
+    def cap_at(self, now: dt.datetime) -> int | None:
+        """The cap in force at ``now``: the calendar's, lowered by any dynamic cap."""
+        cap = self.policy.cap_at(now)
+        if self.dynamic_cap is None or cap == 0:
+            return cap
+        return self.dynamic_cap if cap is None else min(cap, self.dynamic_cap)
 
     def ask(self, n: int, now: dt.datetime, *, stat: bool = False) -> Decision:
         """May ``n`` bytes go now? If not, how long to wait before asking again."""
@@ -149,7 +162,7 @@ class RateGate:
             refusal = self._budget_refusal(now, local)
             if refusal is not None:
                 return refusal
-        cap = self.policy.cap_at(now)
+        cap = self.cap_at(now)
         if cap is None:
             return Decision(True)
         until_change = (self.policy.next_change(now) - now).total_seconds()
@@ -167,7 +180,7 @@ class RateGate:
         self.counters = replace(
             counters, day_bytes=counters.day_bytes + n, month_bytes=counters.month_bytes + n
         )
-        cap = self.policy.cap_at(now)
+        cap = self.cap_at(now)
         if cap:
             self._refill(now, cap)
             self._tokens -= n

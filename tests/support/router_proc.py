@@ -10,7 +10,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -68,8 +68,15 @@ class RouterProcess:
     """``waystation run`` in a subprocess; ``start`` returns once it is listening."""
 
     def __init__(
-        self, config: Path, *, env: dict[str, str] | None = None, log: Path | None = None
+        self,
+        config: Path,
+        *,
+        env: dict[str, str] | None = None,
+        log: Path | None = None,
+        prefix: Sequence[str] = (),
     ) -> None:
+        # ``prefix`` wraps the command, e.g. ["ip", "netns", "exec", NS] (tests/support/wanlink).
+        self.prefix = list(prefix)
         self.config = config
         self.env = {**os.environ, **(env or {})}
         self.log_path = log or config.parent / "router.log"
@@ -90,7 +97,7 @@ class RouterProcess:
         """Start and wait for the ready line; raises with the log if it does not come."""
         log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the process
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "router.cli", "run", "--config", str(self.config)],
+            [*self.prefix, sys.executable, "-m", "router.cli", "run", "--config", str(self.config)],
             cwd=REPO,
             env=self.env,
             stdout=subprocess.PIPE,

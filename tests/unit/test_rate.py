@@ -201,6 +201,8 @@ def test_days() -> None:
         ({"timezone": "Mars/Olympus"}, "not a time zone"),
         ({"stat_exempt": "yes"}, "valid boolean"),
         ({"cpa": "1 Mbit/s"}, "Extra inputs"),
+        ({"polite_delay": "1 ms"}, "not a duration"),
+        ({"polite_delay": 10}, "less than or equal to 5"),
     ],
 )
 def test_bad_rate_settings_are_explained(raw: dict[str, object], message: str) -> None:

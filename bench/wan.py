@@ -1,0 +1,377 @@
+"""WAN benchmark: delivery through an emulated satellite/rural link, beside the raw TCP ceiling.
+
+Each profile builds a fresh link (tests/support/wanlink.py: two network namespaces joined by a
+userspace TUN forwarder imposing rate, one-way delay and seeded random loss on real kernel
+TCP). Per profile and per sender kind:
+
+* the router runs in namespace ``a``; DCMTK ``storescu`` (also in ``a``) stores the workload
+  into it over ``a``'s loopback while the destination port in ``b`` is still closed, so every
+  object is queued in the spool;
+* DCMTK ``storescp`` starts in namespace ``b`` (bit-preserving, ``+B``); the clock starts when
+  it listens and stops when it holds every object (inotify close-after-write);
+* goodput = bytes of the DICOM files x 8 / that time, as a share of the link's rate. The
+  time includes up to one retry interval of the router (retry_max 1 s) and the connection
+  set-up, so short transfers are slightly pessimistic;
+* then the same number of bytes goes over one raw TCP connection (CUBIC, then BBR) through
+  the same link: the ceiling any sender could reach.
+
+The objects at the destination are checked byte for byte. Also measured: the lossless wire
+envelope (router/wan/envelope.py) on a CT series - ratio and MB/s on one core.
+
+Sender kinds are functions in :data:`SENDERS` (name -> function(link, workload, workdir) ->
+seconds); the hub sender registers the same way once it exists.
+
+    make bench-wan   # .venv/bin/python -m bench.wan --out docs/benchmarks.md
+    .venv/bin/python -m bench.wan --profiles A --out /tmp/wan.md   # one profile
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench import measure
+from bench.delivery_peers import ArrivalWatcher, check_arrived, digests
+from bench.measure import BenchError
+from tests.support import dicomgen
+from tests.support.peers import listening_sockets, require
+from tests.support.router_proc import RouterProcess, write_config
+from tests.support.wanlink import LinkProfile, WanLink, link_unavailable_reason
+
+SECTION = "wan"
+REPO = Path(__file__).resolve().parents[1]
+DEST_PORT = 11113
+ROUTER_PORT = 11112
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A named link and how many CT slices (about 526 kB each) go over it."""
+
+    key: str
+    rate_bps: int
+    rtt_s: float
+    loss: float
+    slices: int
+
+    def link(self) -> LinkProfile:
+        """The emulator's settings: half the RTT each way, seeded loss."""
+        return LinkProfile(rate_bps=self.rate_bps, delay_s=self.rtt_s / 2, loss=self.loss, seed=1)
+
+    @property
+    def title(self) -> str:
+        """E.g. "A: 10 Mbit/s, 200 ms RTT, 0.5% loss"."""
+        return (f"{self.key}: {self.rate_bps / 1e6:g} Mbit/s, {self.rtt_s * 1000:.0f} ms RTT, "
+                f"{self.loss * 100:g}% loss")  # fmt: skip
+
+
+PROFILES = {
+    "A": Profile("A", 10_000_000, 0.2, 0.005, 8),
+    "B": Profile("B", 2_000_000, 0.5, 0.01, 4),
+    "C": Profile("C", 500_000, 0.8, 0.03, 2),
+}
+
+
+@dataclass(frozen=True)
+class Workload:
+    """The files one profile sends."""
+
+    files: tuple[Path, ...]
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the DICOM files."""
+        return sum(path.stat().st_size for path in self.files)
+
+
+@dataclass
+class Row:
+    """One measurement: a sender kind (or raw TCP) over one profile."""
+
+    profile: str
+    sender: str
+    nbytes: int
+    seconds: float
+    capacity_bps: int
+
+    @property
+    def share(self) -> float:
+        """Goodput as a share of the link's rate."""
+        return self.nbytes * 8 / self.seconds / self.capacity_bps
+
+
+@dataclass
+class WanResults:
+    """Everything one run measured."""
+
+    command: str
+    started: str
+    environment: dict[str, str] = field(default_factory=dict)
+    rows: list[Row] = field(default_factory=list)
+    envelope: dict[str, float] = field(default_factory=dict)
+
+
+def _log(message: str) -> None:
+    print(f"[bench.wan {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def ct_files(count: int) -> list[Path]:
+    """The first ``count`` slices of a 16-slice CT series cached in var/testdata."""
+    root = dicomgen.cached_dataset("ct-16-seed1", lambda d: dicomgen.make_ct_series(d, 16))
+    return sorted(root.glob("*.dcm"))[:count]
+
+
+# --- sender kinds --------------------------------------------------------------------------
+
+
+def _start_storescp(link: WanLink, out: Path) -> subprocess.Popen[bytes]:
+    """storescp inside namespace b on DEST_PORT (its own namespace: the wildcard bind is
+    reachable only through the emulated link)."""
+    out.mkdir(parents=True, exist_ok=True)
+    log = open(out.with_suffix(".log"), "ab")  # noqa: SIM115 - owned by the process
+    proc = link.popen(
+        "b",
+        [require("storescp"), "-aet", "STORESCP", "+xa", "-pm", "+B", "+uf", "-od", str(out),
+         str(DEST_PORT)],
+        stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    deadline = time.monotonic() + 30
+    while DEST_PORT not in {port for _, port in listening_sockets(proc.pid)}:
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise BenchError(f"storescp did not start in the link's namespace (see {log.name})")
+        time.sleep(0.02)
+    return proc
+
+
+def cstore_sender(link: WanLink, workload: Workload, workdir: Path) -> float:
+    """Plain C-STORE: the router (namespace a) delivers its queue to storescp (namespace b).
+    Returns seconds from storescp listening until it holds every object."""
+    destinations = f"""
+[[destinations]]
+name = "far"
+type = "dimse"
+ae_title = "STORESCP"
+host = "{link.b_addr}"
+port = {DEST_PORT}
+
+[[routes]]
+name = "everything"
+to = ["far"]
+
+[delivery]
+retry_first = "0.1 s"
+retry_max = "1 s"
+response_timeout = "600 s"
+"""
+    config = write_config(workdir, port=ROUTER_PORT, destinations=destinations)
+    router = RouterProcess(config, prefix=link.command("a", []))
+    router.start()
+    try:
+        store = [require("storescu"), "-aec", "WAYSTATION", "-nh", "127.0.0.1", str(ROUTER_PORT)]
+        sent = link.run("a", [*store, *map(str, workload.files)], timeout=300)
+        if sent.returncode != 0:
+            raise BenchError(f"storescu into the router failed: {sent.stderr[-800:]}")
+        out = workdir / "received"
+        out.mkdir()
+        with ArrivalWatcher(out, len(workload.files)) as watch:
+            storescp = _start_storescp(link, out)
+            started = time.monotonic()
+            try:
+                if not watch.wait(1800):
+                    raise BenchError(f"only {watch.count} of {len(workload.files)} arrived")
+                seconds = watch.complete_at - started
+            finally:
+                storescp.terminate()
+                storescp.wait(30)
+        arrived = check_arrived(out, digests(workload.files))
+        if not arrived.exact:
+            raise BenchError(f"C-STORE over the link: {arrived} - not byte-exact")
+        return seconds
+    finally:
+        router.stop()
+
+
+#: Sender kinds measured per profile: name -> function(link, workload, workdir) -> seconds.
+#: The hub sender adds itself here ("hub": resumable chunked HTTPS to the hub in namespace b).
+SENDERS: dict[str, Callable[[WanLink, Workload, Path], float]] = {"C-STORE": cstore_sender}
+
+
+# --- the run -------------------------------------------------------------------------------
+
+
+def measure_envelope(files: Sequence[Path]) -> dict[str, float]:
+    """Ratio and one-core MB/s of the wire envelope on ``files`` (checked bit-exact)."""
+    from router.wan.envelope import unwrap, wrap
+
+    originals = [path.read_bytes() for path in files]
+    total = sum(map(len, originals))
+    t0 = time.perf_counter()
+    envelopes = [wrap(data, verify=False) for data in originals]
+    t1 = time.perf_counter()
+    restored = [unwrap(envelope) for envelope in envelopes]
+    t2 = time.perf_counter()
+    if restored != originals:
+        raise BenchError("the envelope did not restore the CT series exactly")
+    return {
+        "files": len(files),
+        "mb": total / 1e6,
+        "ratio": total / sum(map(len, envelopes)),
+        "encode_mb_s": total / 1e6 / (t1 - t0),
+        "decode_mb_s": total / 1e6 / (t2 - t1),
+    }
+
+
+def run(args: argparse.Namespace, argv: Sequence[str]) -> WanResults:
+    """Measure every selected profile; raises BenchError if the link cannot be built."""
+    reason = link_unavailable_reason()
+    if reason:
+        raise BenchError(reason)
+    results = WanResults(
+        command=shlex.join([".venv/bin/python", "-m", "bench.wan", *argv]),
+        started=measure.utc_now(),
+    )
+    results.environment = {
+        "machine": f"{measure.cpu_model()}, load {measure.load_average()}",
+        "kernel TCP": _sysctl("net.ipv4.tcp_congestion_control") + " by default; raw TCP "
+        "runs set CUBIC or BBR per socket",
+        "source": measure.source_revision(REPO),
+        "peers": measure.dcmtk_version(),
+    }
+    _log("measuring the envelope on 16 CT slices")
+    results.envelope = measure_envelope(ct_files(16))
+    for key in args.profiles:
+        profile = PROFILES[key]
+        workload = Workload(tuple(ct_files(profile.slices)))
+        for name, sender in SENDERS.items():
+            with tempfile.TemporaryDirectory(prefix="wan-", dir=_workroot()) as tmp, \
+                    WanLink(profile.link()) as link:  # fmt: skip
+                _log(f"{profile.title}: {name}, {workload.nbytes / 1e6:.1f} MB")
+                seconds = sender(link, workload, Path(tmp))
+            results.rows.append(Row(key, name, workload.nbytes, seconds, profile.rate_bps))
+            _log(f"  {seconds:.1f} s, {results.rows[-1].share:.0%} of the link")
+        for congestion in ("cubic", "bbr"):
+            with WanLink(profile.link()) as link:
+                tcp = link.raw_tcp(workload.nbytes, congestion)
+            label = f"raw TCP ({congestion.upper()})"
+            results.rows.append(Row(key, label, workload.nbytes, tcp.seconds, profile.rate_bps))
+            _log(f"  {label}: {tcp.seconds:.1f} s, {results.rows[-1].share:.0%}")
+    return results
+
+
+def _workroot() -> Path:
+    root = REPO / "var" / "bench"
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def _sysctl(name: str) -> str:
+    path = Path("/proc/sys") / name.replace(".", "/")
+    return path.read_text().strip() if path.exists() else "unknown"
+
+
+def render(results: WanResults) -> str:
+    """The Markdown section."""
+    env = results.envelope
+    lines = [
+        f"<!-- bench:{SECTION}:start -->",
+        "## WAN",
+        "",
+        f"Produced by `make bench-wan`, which ran `{results.command}` on {results.started}. "
+        "One run per figure: a sketch of where plain C-STORE stands on bad links, not a "
+        "precise ranking.",
+        "",
+        "### Method",
+        "",
+        "- Link: tests/support/wanlink.py - two network namespaces joined by a userspace TUN "
+        "forwarder (this kernel has no netem): rate-limited bottleneck with a drop-tail queue "
+        "of one bandwidth-delay product, half the RTT of delay each way, seeded random loss "
+        "each way. Real kernel TCP on both ends.",
+        "- C-STORE: the router (namespace a) holds the workload in its spool, then delivers "
+        "it to DCMTK storescp (namespace b, `+B`); timed from storescp listening until it "
+        "holds every object (includes up to 1 s of retry wait and the association set-up); "
+        "checked byte for byte.",
+        "- Raw TCP: the same number of bytes over one connection, timed from connect to the "
+        "receiver's acknowledgement of the last byte: the ceiling for one stream.",
+        "- Goodput = bytes of DICOM files x 8 / seconds, as a share of the link's rate.",
+        "",
+        "### Environment",
+        "",
+        "|  |  |",
+        "|---|---|",
+        *(f"| {k} | {v} |" for k, v in results.environment.items()),
+        "",
+        "### Goodput",
+        "",
+        "| profile | sender | MB | seconds | goodput (share of the link) |",
+        "|---|---|---|---|---|",
+    ]
+    for row in results.rows:
+        profile = PROFILES[row.profile]
+        lines.append(
+            f"| {profile.title} | {row.sender} | {row.nbytes / 1e6:.1f} | {row.seconds:.1f} "
+            f"| {row.nbytes * 8 / row.seconds / 1e6:.2f} Mbit/s ({row.share:.0%}) |"
+        )
+    lines += [
+        "",
+        "### Lossless wire envelope (router/wan/envelope.py)",
+        "",
+        f"{env['files']:.0f} CT slices 512x512 16-bit ({env['mb']:.1f} MB), one core, "
+        "JPEG-LS planes + deflated rest, every object restored and compared byte for byte:",
+        "",
+        "| ratio | encode MB/s | decode MB/s |",
+        "|---|---|---|",
+        f"| {env['ratio']:.2f} | {env['encode_mb_s']:.0f} | {env['decode_mb_s']:.0f} |",
+        "",
+        f"<!-- bench:{SECTION}:end -->",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line."""
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.wan",
+        description="WAN benchmark: plain C-STORE through an emulated link vs raw TCP.",
+    )
+    parser.add_argument("--out", type=Path, help="Markdown file whose WAN section is replaced")
+    parser.add_argument(
+        "--profiles",
+        type=lambda text: [p.strip().upper() for p in text.split(",")],
+        default=list(PROFILES),
+        help="comma-separated subset of A,B,C (default all)",
+    )
+    parser.add_argument("--json", type=Path, help="also write the raw rows as JSON here")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point: run, then write the section (or print it)."""
+    return measure.bench_main(
+        name="bench.wan",
+        title="WAN",
+        section=SECTION,
+        argv=argv,
+        build_parser=build_parser,
+        run=run,
+        render=render,
+        raw=lambda results: {
+            "command": results.command,
+            "environment": results.environment,
+            "envelope": results.envelope,
+            "rows": [row.__dict__ for row in results.rows],
+        },
+        log=_log,
+        stopped="the link, the router and storescp were stopped",
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
