@@ -40,6 +40,7 @@ from router.hub import protocol as p
 from router.spool.crypto import BlobReader
 from router.spool.spool import HeldObject, Spool
 from router.wan import envelope
+from router.wan.polite import PoliteController, tcp_rtt
 from router.wan.rate import BudgetCounters, RateGate
 
 log = logging.getLogger("waystation.delivery")
@@ -53,6 +54,10 @@ _ENVELOPE_MAX = 64 * 1024 * 1024
 _LONGEST_GATE_WAIT = 30.0
 _HTTP_OVERHEAD = 400  # request and response headers per chunk, counted against budgets
 _STAT = 0
+# Polite mode paces chunks in slices of this size; its rate never exceeds the cap, or this
+# ceiling without one (bits per second).
+_POLITE_SLICE = 64 * 1024
+_POLITE_CEILING = 100_000_000
 
 
 @dataclass(frozen=True)
@@ -130,6 +135,12 @@ class HubSender:
         self.bytes_sent = 0  # chunk bytes handed to the socket (re-sends included)
         self.gate = RateGate(destination.rate.policy(), counters=self._load_counters())
         self._wire_cache: _Wire | None = None
+        self.polite: PoliteController | None = None
+        if destination.rate.polite:
+            ceiling = destination.rate.policy().bits_per_second or _POLITE_CEILING
+            self.polite = PoliteController(
+                max_rate=float(ceiling), target=destination.rate.polite_delay
+            )
 
     # -- the DestinationWorker's interface -------------------------------------------------
 
@@ -335,6 +346,22 @@ class HubSender:
             )
         )
 
+    def _send_politely(self, conn: http.client.HTTPConnection, body: bytes) -> None:
+        """Send a chunk in slices paced to the polite controller's rate, which follows the
+        connection's queueing delay (RTT above its empty-link base, from TCP_INFO)."""
+        assert self.polite is not None
+        view = memoryview(body)
+        for start in range(0, len(view), _POLITE_SLICE):
+            piece = view[start : start + _POLITE_SLICE]
+            began = time.monotonic()
+            conn.send(piece)
+            rtt = tcp_rtt(conn.sock) if conn.sock is not None else None
+            if rtt is not None:
+                self.gate.limit_to(self.polite.observe(rtt, time.monotonic()))
+            pause = len(piece) * 8 / self.polite.rate - (time.monotonic() - began)
+            if pause > 0:
+                time.sleep(min(pause, 2.0))
+
     def _load_counters(self) -> BudgetCounters:
         row = (
             self.spool.reader_connection()
@@ -483,7 +510,14 @@ class HubSender:
                 self.close()
                 raise _Stop(Outcome("unreachable", detail=type(exc).__name__)) from None
         try:
-            conn.request(method, path, body=body or None, headers=all_headers)
+            if body and self.polite is not None:
+                conn.putrequest(method, path, skip_accept_encoding=True)
+                for name, value in all_headers.items():
+                    conn.putheader(name, value)
+                conn.endheaders()
+                self._send_politely(conn, body)
+            else:
+                conn.request(method, path, body=body or None, headers=all_headers)
             if body:
                 self.bytes_sent += len(body)
             response = conn.getresponse()
