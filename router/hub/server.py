@@ -80,6 +80,10 @@ class _Server(ThreadingHTTPServer):
         finally:
             self.slots.release()
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A failed handshake or a client gone mid-request: already logged where it happened.
+        log.debug("connection from %s ended early", client_address[0])
+
     def count(self, **deltas: int) -> None:
         with self.stats_lock:
             for name, delta in deltas.items():

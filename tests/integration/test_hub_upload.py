@@ -27,6 +27,7 @@ from tests.support.hub import (
     hub_objects,
     plaintext,
     request,
+    self_signed,
     start_hub,
     unit_spool,
 )
@@ -422,3 +423,35 @@ def test_polite_mode_paces_chunks_and_still_delivers_bit_exact(
     assert elapsed >= len(data) * 8 / 8_000_000 * 0.8  # never faster than the cap
     [copy] = hub_objects(hub)
     assert plaintext(hub.spool, copy) == data
+
+
+def test_over_tls_a_trusted_hub_works_and_plaintext_or_untrusted_is_refused(
+    tmp_path: Path, unit: Spool
+) -> None:
+    cert, key = self_signed(tmp_path)
+    config = hub_config(tmp_path)
+    assert config.hub is not None
+    tls = config.hub.model_copy(
+        update={"insecure_plain_http": False, "tls_cert": cert, "tls_key": key}
+    )
+    secure = start_hub(config.model_copy(update={"hub": tls}))
+    try:
+        token = _token(secure, tmp_path)
+        # A plaintext client on the TLS port gets nothing, and the hub goes on serving.
+        with socket.create_connection(("127.0.0.1", secure.port), timeout=10) as plain:
+            plain.sendall(b"HEAD /v1/uploads HTTP/1.1\r\nHost: x\r\n\r\n")
+            try:
+                answer = plain.recv(100)
+            except ConnectionResetError:
+                answer = b""
+            assert not answer.startswith(b"HTTP/")
+        held = hold(unit, CT.read_bytes())
+        url = f"https://127.0.0.1:{secure.port}"
+        untrusted = HubSender(hub_destination(url, token), spool=unit).send(held, 2)
+        assert untrusted.kind == "hub-tls"
+        trusted = HubSender(hub_destination(url, token, ca_file=str(cert)), spool=unit)
+        assert trusted.send(held, 2).kind == "status"
+        [copy] = hub_objects(secure)
+        assert plaintext(secure.spool, copy) == CT.read_bytes()
+    finally:
+        secure.stop()
