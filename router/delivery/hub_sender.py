@@ -54,6 +54,7 @@ _ENVELOPE_MAX = 64 * 1024 * 1024
 _LONGEST_GATE_WAIT = 30.0
 _HTTP_OVERHEAD = 400  # request and response headers per chunk, counted against budgets
 _STAT = 0
+_STALE_AFTER = 2.0  # seconds without a request after which a kept connection may be gone
 # Polite mode paces chunks in slices of this size; its rate never exceeds the cap, or this
 # ceiling without one (bits per second).
 _POLITE_SLICE = 64 * 1024
@@ -131,6 +132,7 @@ class HubSender:
         self._url = urlsplit(destination.url)
         self._conn: http.client.HTTPConnection | None = None
         self._last_used = time.monotonic()
+        self._last_request = time.monotonic()
         self.sizer = ChunkSizer(destination.min_chunk, destination.max_chunk)
         self.bytes_sent = 0  # chunk bytes handed to the socket (re-sends included)
         self.gate = RateGate(destination.rate.policy(), counters=self._load_counters())
@@ -488,6 +490,26 @@ class HubSender:
     def _request(
         self, method: str, path: str, *, headers: dict[str, str] | None = None, body: bytes = b""
     ) -> _Response:
+        # A connection idle for a while may have been closed by the hub (or a middlebox)
+        # meanwhile: if it fails, try once more on a fresh one. Every request is safe to
+        # repeat (a PATCH answers 409 with the offset, create and commit are idempotent).
+        stale = (
+            self._conn is not None
+            and self._conn.sock is not None
+            and (time.monotonic() - self._last_request > _STALE_AFTER)
+        )
+        try:
+            return self._request_once(method, path, headers=headers, body=body)
+        except _Stop as stop:
+            if not stale or stop.outcome.kind != "aborted":
+                raise
+            log.debug("%s: an idle connection had closed; trying a new one", self.destination.name)
+            return self._request_once(method, path, headers=headers, body=body)
+
+    def _request_once(
+        self, method: str, path: str, *, headers: dict[str, str] | None, body: bytes
+    ) -> _Response:
+        self._last_request = time.monotonic()
         all_headers = {
             "Authorization": f"Bearer {self._token()}",
             "Tus-Resumable": p.TUS_VERSION,

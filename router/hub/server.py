@@ -13,8 +13,10 @@ identity is refused (no decompression, so no bombs); at most ``_MAX_CONNECTIONS`
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import socket
 import ssl
 import threading
 import time
@@ -106,6 +108,28 @@ class _Handler(BaseHTTPRequestHandler):
                 log.info("TLS handshake with %s failed: %s", self.client_address[0], exc)
                 raise ConnectionAbortedError from exc
         super().setup()
+
+    def handle_one_request(self) -> None:
+        # The request line and headers must arrive within request_timeout (a client
+        # trickling header bytes is cut); the body has its own deadline (_read_body).
+        self._header_timer = threading.Timer(self.server.config.request_timeout, self._cut)
+        self._header_timer.daemon = True
+        self._header_timer.start()
+        try:
+            super().handle_one_request()
+        finally:
+            self._header_timer.cancel()
+
+    def parse_request(self) -> bool:
+        parsed = super().parse_request()
+        self._header_timer.cancel()
+        return parsed
+
+    def _cut(self) -> None:
+        log.info("%s: request headers not complete in time; connection closed",
+                 self.client_address[0])  # fmt: skip
+        with contextlib.suppress(OSError):
+            self.connection.shutdown(socket.SHUT_RDWR)
 
     def handle(self) -> None:
         try:

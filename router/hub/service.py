@@ -26,11 +26,13 @@ from router.hub.server import HubServer
 from router.hub.store import HubStore
 from router.hub.tokens import UnitRegistry
 from router.spool.recovery import recover
+from router.spool.retention import expire
 from router.spool.spool import Spool
 
 log = logging.getLogger("waystation.hub")
 
 _HOUSEKEEPING_INTERVAL = 600.0
+_RETENTION_BATCH = 500  # router/spool/retention.py expire()'s default limit
 
 
 class Hub:
@@ -117,5 +119,11 @@ class Hub:
                 removed = self.store.expire(time.time() - self.hub_config.upload_expiry)
                 if removed:
                     log.info("%d unfinished uploads expired", removed)
+                # Objects delivered to every destination go after spool.retention, as on a
+                # unit; their (SOP Instance UID, SHA-256) keys stay, so a repeat is still
+                # "already committed".
+                while expire(self.spool, self.config.spool.retention) == _RETENTION_BATCH:
+                    if self._stopping.is_set():
+                        break
             except Exception:  # housekeeping must never stop the hub
-                log.exception("upload expiry failed; will try again")
+                log.exception("hub housekeeping failed; will try again")

@@ -455,3 +455,23 @@ def test_over_tls_a_trusted_hub_works_and_plaintext_or_untrusted_is_refused(
         assert plaintext(secure.spool, copy) == CT.read_bytes()
     finally:
         secure.stop()
+
+
+def test_a_client_trickling_its_headers_is_cut_at_the_deadline(hub: Hub) -> None:
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", hub.port), timeout=2) as slow:
+        slow.sendall(b"PATCH /v1/uploads/x HTTP/1.1\r\n")
+        closed = False
+        while time.monotonic() - started < 20:
+            try:
+                slow.sendall(b"X-Slow: 1\r\n")
+                if slow.recv(100) == b"":
+                    closed = True
+                    break
+            except TimeoutError:
+                continue
+            except OSError:
+                closed = True
+                break
+    assert closed
+    assert time.monotonic() - started < 10  # request_timeout is 3 s in these tests
