@@ -165,7 +165,7 @@ class RateGate:
         cap = self.cap_at(now)
         if cap is None:
             return Decision(True)
-        until_change = (self.policy.next_change(now) - now).total_seconds()
+        until_change = _seconds_between(now, self.policy.next_change(now))
         if cap == 0:
             return Decision(False, max(MIN_WAIT, until_change), "sending is paused now")
         self._refill(now, cap)
@@ -213,7 +213,29 @@ def _local_midnight(day: dt.date, zone: dt.tzinfo) -> dt.datetime:
 
 
 def _wait_until(now: dt.datetime, then: dt.datetime, reason: str) -> Decision:
-    return Decision(False, max(MIN_WAIT, (then - now).total_seconds()), reason)
+    return Decision(False, max(MIN_WAIT, _seconds_between(now, then)), reason)
+
+
+def _seconds_between(earlier: dt.datetime, later: dt.datetime) -> float:
+    # In UTC: two datetimes with the same tzinfo subtract as wall-clock times, which is an
+    # hour off across a daylight-saving change.
+    return (later.astimezone(dt.UTC) - earlier.astimezone(dt.UTC)).total_seconds()
+
+
+def chunk_size_for(
+    bits_per_second: float | None,
+    *,
+    seconds: float = 8.0,
+    minimum: int = 256 * 1024,
+    maximum: int = 16 * 1024 * 1024,
+) -> int:
+    """A chunk that takes about ``seconds`` of link time at the measured rate, so a break
+    costs at most that much re-sending; between ``minimum`` and ``maximum``, rounded to
+    64 KiB. An unknown rate gives ``minimum``."""
+    if not bits_per_second or bits_per_second <= 0:
+        return minimum
+    wanted = int(bits_per_second / 8 * seconds) // 65536 * 65536
+    return max(minimum, min(maximum, wanted))
 
 
 def _rate_text(bits_per_second: int) -> str:

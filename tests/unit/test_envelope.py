@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import io
 import struct
+import tracemalloc
 import zlib
 from pathlib import Path
 
@@ -31,7 +32,7 @@ from router.wan.envelope import (
     unwrap,
     wrap,
 )
-from tests.support.dicomgen import make_ct_series, pydicom_test_files
+from tests.support.dicomgen import make_ct_series, make_multiframe, pydicom_test_files
 
 _SYNTAXES = [ExplicitVRLittleEndian, ImplicitVRLittleEndian, ExplicitVRBigEndian]
 
@@ -233,3 +234,23 @@ def test_not_an_envelope() -> None:
         unwrap(b"DICM" + b"\0" * 100)
     with pytest.raises(EnvelopeError, match="version 9"):
         unwrap(struct.pack(">4sBBHQ32s", MAGIC, 9, 0, 0, 0, b"\0" * 32))
+
+
+def test_a_multiframe_object_restores_within_a_bounded_amount_of_memory(tmp_path: Path) -> None:
+    path = make_multiframe(tmp_path / "mf.dcm", size_mb=4)  # 8 frames of 512 x 512, 12 bits
+    original = path.read_bytes()
+    tracemalloc.start()
+    try:
+        envelope = wrap(original)
+        _, wrap_peak = tracemalloc.get_traced_memory()
+        tracemalloc.reset_peak()
+        restored = unwrap(envelope)
+        _, unwrap_peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert restored == original
+    assert read_header(envelope).mode is Mode.PIXELS
+    assert len(envelope) < len(original) / 2
+    # Python and numpy allocations (the codec's own buffers are per plane and not traced).
+    assert wrap_peak < 3.5 * len(original)
+    assert unwrap_peak < 3 * len(original)

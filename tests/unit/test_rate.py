@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from router.config.rate import RateConfig, parse_days, parse_rate
-from router.wan.rate import BudgetCounters, CapWindow, RateGate, RatePolicy
+from router.wan.rate import BudgetCounters, CapWindow, RateGate, RatePolicy, chunk_size_for
 
 NAIROBI = ZoneInfo("Africa/Nairobi")  # UTC+3, no daylight saving
 MONDAY_9 = dt.datetime(2026, 11, 23, 9, 0, tzinfo=NAIROBI)  # a Monday
@@ -224,3 +224,27 @@ def test_a_config_becomes_a_policy() -> None:
     assert policy.cap_at(MONDAY_9 + dt.timedelta(hours=9)) == 2_000_000
     assert policy.daily_budget == 3_000_000_000 and policy.stat_exempt
     assert RateConfig().policy().cap_at(MONDAY_9) is None
+
+
+def test_a_daily_budget_resets_at_local_midnight_across_a_daylight_saving_change() -> None:
+    berlin = ZoneInfo("Europe/Berlin")  # clocks go back at 03:00 on 2026-10-25
+    gate = RateGate(RatePolicy(daily_budget=10, zone=berlin))
+    evening = dt.datetime(2026, 10, 24, 22, 0, tzinfo=berlin)
+    gate.sent(10, evening)
+    decision = gate.ask(1, evening)
+    assert decision.wait == pytest.approx(2 * 3600)
+    sunday = dt.datetime(2026, 10, 25, 0, 30, tzinfo=berlin)
+    gate.sent(10, sunday)
+    # Sunday has 25 hours: from 00:30 to midnight is 24.5 hours of real time (not 23.5).
+    assert gate.ask(1, sunday).wait == pytest.approx(24.5 * 3600)
+    assert gate.ask(1, dt.datetime(2026, 10, 25, 1, 0, tzinfo=dt.UTC)).wait == pytest.approx(
+        22 * 3600
+    )
+
+
+@pytest.mark.parametrize(
+    ("bits", "expected"),
+    [(None, 256 * 1024), (64_000, 256 * 1024), (2_000_000, 1_966_080), (1e9, 16 << 20)],
+)
+def test_chunk_size_follows_the_rate(bits: float | None, expected: int) -> None:
+    assert chunk_size_for(bits) == expected
