@@ -33,13 +33,13 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 from router.config.model import HubDestination
-from router.core.chunking import ChunkSizer
 from router.core.retry import Outcome
 from router.errors import IntegrityError
 from router.hub import protocol as p
 from router.spool.crypto import BlobReader
 from router.spool.spool import HeldObject, Spool
 from router.wan import envelope
+from router.wan.chunking import ChunkSizer
 from router.wan.polite import PoliteController, tcp_rtt
 from router.wan.rate import BudgetCounters, RateGate
 

@@ -1,5 +1,8 @@
 """Chunk sizes for resumable uploads, from the measured link rate. Pure: no I/O, no clock.
 
+The size rule is :func:`router.wan.rate.chunk_size_for`; this keeps the smoothed measurement
+it is fed.
+
 A chunk is the most a broken link can cost (bytes re-sent per interruption), and each chunk
 costs a round trip for its answer. About 8 s of link time keeps both small: on 2 Mbit/s a
 chunk is ~2 MB; on a fast LAN the cap applies.
@@ -8,6 +11,8 @@ chunk is ~2 MB; on a fast LAN the cap applies.
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from router.wan.rate import chunk_size_for
 
 TARGET_SECONDS = 8.0
 _SMOOTHING = 0.3  # weight of the newest measurement
@@ -36,7 +41,7 @@ class ChunkSizer:
     def next_size(self) -> int:
         """The next chunk: ~``target_seconds`` at the estimated rate, within the bounds;
         the minimum until a rate is known (a first chunk on an unknown link stays cheap)."""
-        if self.rate is None:
-            return self.minimum
-        wanted = int(self.rate * self.target_seconds)
-        return max(self.minimum, min(self.maximum, wanted))
+        bits = None if self.rate is None else self.rate * 8
+        return chunk_size_for(
+            bits, seconds=self.target_seconds, minimum=self.minimum, maximum=self.maximum
+        )
