@@ -202,6 +202,10 @@ response_timeout = "600 s"
 #: The hub sender adds itself here ("hub": resumable chunked HTTPS to the hub in namespace b).
 SENDERS: dict[str, Callable[[WanLink, Workload, Path], float]] = {"C-STORE": cstore_sender}
 
+from bench.wan_hub import hub_sender  # noqa: E402 - registers after the C-STORE sender
+
+SENDERS["hub"] = hub_sender
+
 
 # --- the run -------------------------------------------------------------------------------
 
