@@ -233,6 +233,7 @@ class HubSender:
             uids["series_instance_uid"],
             wire.sha256,
             wire.encoding,
+            self._study_objects(held),
         )
         size = wire.size
         response = self._request(
@@ -254,6 +255,19 @@ class HubSender:
         # upload instead of starting another.
         self._save(held.id, location, size, offset, "uploading")
         return location, offset
+
+    def _study_objects(self, held: HeldObject) -> int:
+        """How many objects of this object's study go to this hub (the study manifest)."""
+        row = (
+            self.spool.reader_connection()
+            .execute(
+                "SELECT count(*) FROM objects o JOIN deliveries d ON d.object_id = o.id"
+                " WHERE o.study_tag = ? AND d.destination = ? AND o.state = 'held'",
+                (held.study_tag, self.destination.name),
+            )
+            .fetchone()
+        )
+        return int(row[0]) if row else 0
 
     def _head(self, url: str) -> int | None:
         response = self._request("HEAD", url)

@@ -8,8 +8,12 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from router.config.load import load_config
+
+if TYPE_CHECKING:
+    from router.spool.spool import Spool
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -42,12 +46,46 @@ def cmd_hub(args: argparse.Namespace) -> int:
                 return EXIT_ERROR
             print(f"unit {args.unit} revoked: its token is refused from now on")
             return EXIT_OK
+        if action == "status":
+            _print_status(spool)
+            return EXIT_OK
         for unit in registry.units():
             state = "revoked " + _when(unit.revoked_at) if unit.revoked_at else "active"
             print(f"{unit.unit:<16}  enrolled {_when(unit.enrolled_at)}  {state}")
         return EXIT_OK
     finally:
         spool.close()
+
+
+def _print_status(spool: Spool) -> None:
+    """Per unit: uploads in progress, objects held, delivered onward, studies incomplete."""
+    conn = spool.reader_connection()
+    units = [str(u) for (u,) in conn.execute("SELECT unit FROM hub_units ORDER BY unit")]
+    print(f"{'unit':<16}  {'uploading':>9}  {'received':>9}  {'delivered':>9}  studies")
+    for unit in units:
+        uploading, got, size = conn.execute(
+            "SELECT count(*), coalesce(sum(received), 0), coalesce(sum(size), 0)"
+            " FROM hub_incoming WHERE unit = ? AND state = 'uploading'",
+            (unit,),
+        ).fetchone()
+        received = conn.execute(
+            "SELECT count(*) FROM hub_commits WHERE unit = ?", (unit,)
+        ).fetchone()[0]
+        delivered = conn.execute(
+            "SELECT count(*) FROM hub_commits c WHERE c.unit = ? AND NOT EXISTS (SELECT 1"
+            " FROM deliveries d WHERE d.object_id = c.object_id AND d.state != 'delivered')"
+            " AND EXISTS (SELECT 1 FROM deliveries d WHERE d.object_id = c.object_id)",
+            (unit,),
+        ).fetchone()[0]
+        studies = conn.execute(
+            "SELECT count(*), sum((SELECT count(*) FROM hub_commits c WHERE c.unit = m.unit"
+            " AND c.study_tag = m.study_tag) < m.expected) FROM hub_manifests m"
+            " WHERE m.unit = ?",
+            (unit,),
+        ).fetchone()
+        partial = f"{studies[0]} announced, {int(studies[1] or 0)} incomplete"
+        progress = f"{uploading} ({got * 100 // size if size else 0}%)"
+        print(f"{unit:<16}  {progress:>9}  {received:>9}  {delivered:>9}  {partial}")
 
 
 def _when(at: float | None) -> str:
@@ -93,4 +131,7 @@ def add_hub_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     revoke = actions.add_parser("revoke", help="revoke a unit's token")
     revoke.add_argument("unit")
     actions.add_parser("units", help="list enrolled units")
+    actions.add_parser(
+        "status", help="per unit: uploads in progress, objects received and delivered onward"
+    )
     hub.set_defaults(func=cmd_hub)

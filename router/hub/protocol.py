@@ -45,6 +45,9 @@ class UploadMetadata:
     # "" the bytes as they are; "wsev1" the lossless envelope (router/wan/envelope.py), which
     # the hub unwraps at commit. The sha256 is always the original object's.
     encoding: str = ""
+    # How many objects the unit holds of this study for this hub (a study manifest riding
+    # on the create, so announcing costs no round trip); 0 when not said.
+    study_objects: int = 0
 
     def header(self) -> str:
         """The Upload-Metadata header value (tus: comma-separated "key base64(value)")."""
@@ -56,6 +59,8 @@ class UploadMetadata:
         }
         if self.encoding:
             pairs["encoding"] = self.encoding
+        if self.study_objects:
+            pairs["study-objects"] = str(self.study_objects)
         return ",".join(f"{k} {base64.b64encode(v.encode()).decode()}" for k, v in pairs.items())
 
 
@@ -84,8 +89,11 @@ def parse_metadata(value: str | None) -> UploadMetadata:
     encoding = fields.get("encoding", "")
     if encoding not in ENCODINGS:
         raise ProtocolError(f"Upload-Metadata: encoding must be one of {sorted(ENCODINGS)}")
+    count = fields.get("study-objects", "0")
+    if not count.isdigit() or len(count) > 7:
+        raise ProtocolError("Upload-Metadata: study-objects must be a whole number")
     return UploadMetadata(
-        fields["sop"], fields["study"], fields["series"], fields["sha256"], encoding
+        fields["sop"], fields["study"], fields["series"], fields["sha256"], encoding, int(count)
     )
 
 

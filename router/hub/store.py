@@ -156,6 +156,8 @@ class HubStore:
     def create(self, unit: str, size: int, meta: UploadMetadata) -> Created:
         """A new upload, the unit's unfinished one for the same object, or "committed"."""
         keyring = self.spool.keyring
+        if meta.study_objects:
+            self._announce(unit, meta.study_instance_uid, meta.study_objects)
         sop_tag = keyring.lookup_tag("sop", meta.sop_instance_uid)
         digest = keyring.content_tag(bytes.fromhex(meta.sha256))
         reader = self.spool.reader_connection()
@@ -500,6 +502,18 @@ class HubStore:
             else:
                 answers.append(Receipt(upload_id, "committed"))
         return answers
+
+    def _announce(self, unit: str, study_uid: str, expected: int) -> None:
+        """A study holds at least ``expected`` objects (a create's study-objects)."""
+        study_tag = self.spool.keyring.lookup_tag("study", study_uid)
+        self.spool.journal.run(
+            lambda conn: conn.execute(
+                "INSERT INTO hub_manifests(unit, study_tag, expected, updated_at)"
+                " VALUES (?, ?, ?, ?) ON CONFLICT(unit, study_tag) DO UPDATE SET"
+                " expected = max(expected, excluded.expected), updated_at = excluded.updated_at",
+                (unit, study_tag, expected, time.time()),
+            )
+        )
 
     def manifest(self, unit: str, study_uid: str, expected: int | None) -> tuple[int | None, int]:
         """Record (when ``expected`` is given) and report a study: (expected, received)."""

@@ -25,6 +25,7 @@ from tests.support.hub import (
     hub_config,
     hub_destination,
     hub_objects,
+    make_objects,
     plaintext,
     request,
     self_signed,
@@ -475,3 +476,28 @@ def test_a_client_trickling_its_headers_is_cut_at_the_deadline(hub: Hub) -> None
                 break
     assert closed
     assert time.monotonic() - started < 10  # request_timeout is 3 s in these tests
+
+
+def test_the_unit_announces_its_studies_so_the_hub_can_count_them(
+    hub: Hub, unit: Spool, tmp_path: Path
+) -> None:
+    from pydicom import dcmread
+
+    files = make_objects(tmp_path / "study", 3, size=16)
+    held = [hold(unit, f.read_bytes()) for f in files]
+    token_file = _token(hub, tmp_path)
+    sender = _sender(unit, hub.port, token_file)
+    assert sender.send(held[0], 2).kind == "status"
+    study = str(dcmread(files[0]).StudyInstanceUID)
+
+    def summary() -> str:
+        _, _, body = request(
+            hub.port, "POST", "/v1/manifests", token=token_file.read_text().strip(),
+            body=f'{{"study_uid": "{study}"}}'.encode(),
+        )  # fmt: skip
+        return str(body["summary"])
+
+    assert summary() == "1 of 3 received"
+    for item in held[1:]:
+        assert sender.send(item, 2).kind == "status"
+    assert summary() == "3 of 3 received"

@@ -129,6 +129,9 @@ def test_hub_enrol_revoke_and_list_from_the_command_line(tmp_path: Path) -> None
     assert hub("revoke", "NOBODY").returncode == 1
     listed = hub("units")
     assert "CLINIC1" in listed.stdout and "revoked" in listed.stdout
+    status = hub("status")
+    assert status.returncode == 0, status.stderr
+    assert "CLINIC1" in status.stdout and "0 announced" in status.stdout
     with sqlite3.connect(tmp_path / "spool" / "journal.sqlite") as conn:
         stored = conn.execute("SELECT token_hash FROM hub_units").fetchone()[0]
     assert token.encode() not in stored and stored == hashlib.sha256(token.encode()).digest()
