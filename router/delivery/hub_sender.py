@@ -242,7 +242,9 @@ class HubSender:
             headers={"Upload-Length": str(size), "Upload-Metadata": meta.header()},
         )
         if response.status == 200 and response.header("Waystation-Upload-State") == "committed":
-            self._save(held.id, response.body.get("upload", ""), size, size, "committed")
+            upload = str(response.body.get("upload", ""))
+            url = f"{p.UPLOADS}/{upload}" if p.is_upload_id(upload) else ""
+            self._save(held.id, url, size, size, "committed")
             log.info("object %s: the hub already holds it", held.id)
             return None
         if response.status != 201:
@@ -291,6 +293,8 @@ class HubSender:
             else:
                 data = _read_at(reader, offset, length)
             self._gate(len(data) + _HTTP_OVERHEAD, priority, object_id, offset, size)
+            # Counted before sending: bytes of a chunk cut off mid-way were on the wire too.
+            self._sent(len(data) + _HTTP_OVERHEAD, priority)
             started = time.monotonic()
             response = self._request(
                 "PATCH",
@@ -302,7 +306,6 @@ class HubSender:
                 },
                 body=data,
             )
-            self._sent(len(data) + _HTTP_OVERHEAD, priority)
             if response.status == 204:
                 confirmed = int(response.header("Upload-Offset") or 0)
                 self.sizer.observe(confirmed - offset, time.monotonic() - started)
@@ -310,9 +313,8 @@ class HubSender:
                 self._confirm(object_id, offset)
             elif response.status == 409 and response.header("Upload-Offset") is not None:
                 offset = int(response.header("Upload-Offset") or 0)  # the hub's offset wins
-            elif response.status == 404:
-                self._forget(object_id)
-                raise _Stop(Outcome("http", status=404, detail="the hub forgot the upload"))
+            elif response.status in (404, 410):
+                self._start_over(object_id, response)
             else:
                 raise _Stop(_failure(response))
         return offset
@@ -324,10 +326,16 @@ class HubSender:
             return None
         if response.status == 409 and response.header("Upload-Offset") is not None:
             return int(response.header("Upload-Offset") or 0)
-        if response.status == 422:
-            # The hub discarded what it had (e.g. a hash mismatch): start over next time.
-            self._forget(object_id)
+        if response.status in (404, 410):
+            self._start_over(object_id, response)
         raise _Stop(_failure(response))
+
+    def _start_over(self, object_id: str, response: _Response) -> None:
+        """The hub forgot or discarded the upload: the next attempt starts from 0."""
+        self._forget(object_id)
+        self._wire_cache = None
+        log.warning("object %s: %s; it will be sent again", object_id, response.error)
+        raise _Stop(Outcome("aborted", status=response.status, detail=response.error))
 
     # -- preemption and the rate gate ------------------------------------------------------
 

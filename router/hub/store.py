@@ -85,6 +85,13 @@ class ChecksumMismatch(UploadError):
     status = 460
 
 
+class Discarded(UploadError):
+    """What was received is unusable (SHA-256 mismatch, a missing segment, a bad envelope)
+    and was thrown away: the unit sends the object again from the start (tus: 410 Gone)."""
+
+    status = 410
+
+
 class Unprocessable(UploadError):
     """The object is complete but wrong: hash mismatch, undecodable, other SOP instance."""
 
@@ -352,7 +359,7 @@ class HubStore:
         if incoming.sha256.hex() != announced["sha256"]:
             incoming.discard()
             self._restart(upload.id)
-            raise Unprocessable(
+            raise Discarded(
                 "the object's SHA-256 does not match the one announced; the upload was "
                 "discarded, send it again"
             )
@@ -414,7 +421,7 @@ class HubStore:
             original = unwrap(bytes(collected), max_size=self.max_object)
         except EnvelopeError as exc:
             self._restart(upload.id)
-            raise Unprocessable(f"the envelope is not valid ({exc}); send it again") from None
+            raise Discarded(f"the envelope is not valid ({exc}); send it again") from None
         for start in range(0, len(original), 1024 * 1024):
             write(original[start : start + 1024 * 1024])
 
@@ -427,7 +434,7 @@ class HubStore:
                 sealed = path.read_bytes()
             except FileNotFoundError:
                 self._restart(upload.id)
-                raise Unprocessable(
+                raise Discarded(
                     f"the upload's data at offset {offset} is missing; send it again"
                 ) from None
             plain = open_sealed(self.spool.cipher, key, sealed, _segment_ad(upload.id, offset))

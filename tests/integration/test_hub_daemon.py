@@ -116,7 +116,7 @@ def test_kill9_of_the_router_mid_object_resumes_at_the_confirmed_offset(
 def test_repeated_flaps_lose_nothing_and_commit_nothing_twice(tmp_path: Path, hub: Hub) -> None:
     files = make_objects(tmp_path / "in", 12, size=192)
     with FaultProxy(hub.port) as proxy:
-        proxy.rate(400_000, direction="up")
+        proxy.rate(250_000, direction="up")
         config, port = _unit(tmp_path, hub, proxy.port)
         with RouterProcess(config):
             assert storescu(files, port=port, aec="WAYSTATION").ok
@@ -174,7 +174,7 @@ def test_objects_reach_the_providers_pacs_bit_exact_and_the_unit_hears_of_it(
     with Storescp(tmp_path / "pacs") as pacs:
         extra = {
             "destinations": [
-                {"name": "pacs", "type": "dimse", "ae_title": "ANY-SCP", "host": "127.0.0.1",
+                {"name": "pacs", "type": "dimse", "ae_title": "STORESCP", "host": "127.0.0.1",
                  "port": pacs.port}
             ],
             "routes": [{"name": "all", "to": ["pacs"]}],

@@ -254,7 +254,7 @@ def test_hostile_requests_get_clear_errors_and_import_nothing(
     wrong[-1] ^= 0xFF
     assert patch(0, bytes(wrong))[0] == 204
     status, _, body = request(hub.port, "POST", upload + "/commit", token=token)
-    assert status == 422 and "SHA-256" in body["error"]
+    assert status == 410 and "SHA-256" in body["error"]
     assert hub_objects(hub) == []
     # The hub still serves: the right bytes commit.
     assert patch(0, data)[0] == 204
@@ -501,3 +501,29 @@ def test_the_unit_announces_its_studies_so_the_hub_can_count_them(
     for item in held[1:]:
         assert sender.send(item, 2).kind == "status"
     assert summary() == "3 of 3 received"
+
+
+def test_an_upload_the_hub_had_to_discard_is_sent_again_from_the_start(
+    hub: Hub, unit: Spool, tmp_path: Path
+) -> None:
+    data = _big_object()
+    held = hold(unit, data)
+    token = _token(hub, tmp_path)
+    calls = {"n": 0}
+
+    def stop_after_three(priority: int) -> bool:
+        calls["n"] += 1
+        return calls["n"] > 3
+
+    assert _sender(unit, hub.port, token, more_urgent=stop_after_three).send(held, 3).kind == (
+        "preempted"
+    )
+    [segment, *_] = sorted((hub.spool.root / "uploads").glob("*/*.seg"))
+    segment.unlink()  # e.g. a disk fault at the hub
+    sender = _sender(unit, hub.port, token)
+    lost = sender.send(held, 3)
+    assert lost.kind == "aborted" and lost.status == 410 and "missing" in lost.detail
+    assert hub_objects(hub) == []  # nothing half-imported
+    assert (sender.send(held, 3).kind, len(hub_objects(hub))) == ("status", 1)
+    [copy] = hub_objects(hub)
+    assert plaintext(hub.spool, copy) == data
