@@ -60,3 +60,15 @@ def study_label(summary: StudySummary) -> str:
     """How a study is named in questions: date, modality, description (no patient data)."""
     parts = [summary.study_date, "/".join(summary.modalities), summary.description]
     return " ".join(p for p in parts if p) or summary.study_id
+
+
+def hub_link(view: DestinationView) -> str:
+    """A hub destination's link and the hub's receipts in one line ("" for other kinds)."""
+    if view.kind != "hub":
+        return ""
+    words = {"up": "up", "degraded": "degraded (attempts are failing)", "down": "down"}
+    return (
+        f"Link {words.get(view.link, view.link or 'unknown')}. "
+        f"{plural(view.at_provider, 'object')} delivered to the provider; "
+        f"{view.at_hub} at the hub, not yet at the provider's PACS."
+    )

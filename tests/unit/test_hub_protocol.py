@@ -101,3 +101,18 @@ def test_a_refused_token_says_what_to_do() -> None:
     found = classify(outcome, destination="hub", unit_ae="U", dest_ae="hub")
     assert found.verdict == "permanent"
     assert "revoked" in found.reason and "enrol the unit again" in found.reason
+
+
+def test_the_console_words_a_hub_link_and_its_receipts() -> None:
+    from router.control.schema import DestinationView
+    from tui.wording import hub_link
+
+    view = DestinationView(
+        name="provider", kind="hub", state="down", since=0.0, link="down", at_hub=2,
+        at_provider=1,
+    )  # fmt: skip
+    assert hub_link(view) == (
+        "Link down. 1 object delivered to the provider; 2 at the hub, not yet at the "
+        "provider's PACS."
+    )
+    assert hub_link(view.model_copy(update={"kind": "dimse"})) == ""

@@ -85,6 +85,9 @@ class DestinationsScreen(ConsoleScreen):
         reason = destination_reason(view)
         if reason:
             lines.append(f"Why: {reason}")
+        link = wording.hub_link(view)
+        if link:
+            lines.append(link)
         if view.last_error and view.last_error != reason:
             lines.append(f"Last error: {view.last_error}")
         if view.paused:
