@@ -34,6 +34,8 @@ from router.hub.tokens import UnitRegistry
 log = logging.getLogger("waystation.hub")
 
 _MAX_CONNECTIONS = 128
+_BODIES_IN_MEMORY = 8  # x max_chunk (64 MiB by default): the most chunk bytes held at once
+_BODY_SLOT_WAIT = 30.0
 _READ_TIMEOUT = 15.0
 _SMALL_BODY = 64 * 1024
 _BYTES_PER_SECOND_FLOOR = 16 * 1024  # a body's deadline grows 1 s per 16 KiB
@@ -68,6 +70,7 @@ class _Server(ThreadingHTTPServer):
         self.stats = HubStats()
         self.stats_lock = threading.Lock()
         self.slots = threading.BoundedSemaphore(_MAX_CONNECTIONS)
+        self.body_slots = threading.BoundedSemaphore(_BODIES_IN_MEMORY)
         super().__init__((config.host, config.port), _Handler)
 
     def process_request(self, request: Any, client_address: Any) -> None:
@@ -293,8 +296,15 @@ class _Handler(BaseHTTPRequestHandler):
         )
         offset = p.parse_length(self.headers.get("Upload-Offset"), "Upload-Offset", 2**62)
         checksum = p.parse_checksum(self.headers.get("Upload-Checksum"))
-        data = self._read_body(length, count=True)
-        new_offset = self.server.store.append(unit, upload_id, offset, data, checksum)
+        # Chunks are held in memory while sealed: a bounded number at once, so many units
+        # sending their largest chunks cannot exhaust the hub's memory.
+        if not self.server.body_slots.acquire(timeout=_BODY_SLOT_WAIT):
+            raise _Refusal(503, "the hub is busy; try again shortly", {"Retry-After": "5"})
+        try:
+            data = self._read_body(length, count=True)
+            new_offset = self.server.store.append(unit, upload_id, offset, data, checksum)
+        finally:
+            self.server.body_slots.release()
         self.server.count(accepted_bytes=len(data))
         self._reply(204, headers={"Upload-Offset": str(new_offset)})
 

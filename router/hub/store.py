@@ -48,6 +48,10 @@ from router.wan.envelope import EnvelopeError, unwrap
 
 log = logging.getLogger("waystation.hub")
 
+# Envelopes are restored in memory: their size, and what they restore to, is bounded. (The
+# sender envelopes only objects up to 64 MiB.)
+ENVELOPE_LIMIT = 256 * 1024 * 1024
+
 Planner = Callable[[ObjectAttributes, Source], Sequence[PlannedDelivery]]
 
 
@@ -149,6 +153,7 @@ class HubStore:
     ) -> None:
         self.spool = spool
         self.max_object = max_object
+        self._unwrapping = threading.Lock()
         self.root = spool.root / "uploads"
         make_dirs(self.root)
         self._planner = planner
@@ -162,6 +167,11 @@ class HubStore:
 
     def create(self, unit: str, size: int, meta: UploadMetadata) -> Created:
         """A new upload, the unit's unfinished one for the same object, or "committed"."""
+        if meta.encoding == ENVELOPE and size > ENVELOPE_LIMIT:
+            raise TooLarge(
+                f"an enveloped object may have at most {ENVELOPE_LIMIT} bytes on the wire; "
+                "send bigger objects as they are"
+            )
         keyring = self.spool.keyring
         if meta.study_objects:
             self._announce(unit, meta.study_instance_uid, meta.study_objects)
@@ -418,7 +428,8 @@ class HubStore:
 
         self._replay_segments(upload, collect)
         try:
-            original = unwrap(bytes(collected), max_size=self.max_object)
+            with self._unwrapping:  # one at a time: each holds its object in memory
+                original = unwrap(bytes(collected), max_size=min(self.max_object, ENVELOPE_LIMIT))
         except EnvelopeError as exc:
             self._restart(upload.id)
             raise Discarded(f"the envelope is not valid ({exc}); send it again") from None

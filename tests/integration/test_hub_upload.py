@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from pydicom.data import get_testdata_file
 
-from router.delivery.hub_sender import HubSender
+from router.delivery.hub_sender import HubSender, set_bbr
 from router.hub.service import Hub
 from router.spool.spool import Spool
 from tests.support.faultproxy import FaultProxy
@@ -91,6 +91,13 @@ def test_an_object_arrives_bit_exact_and_committed_once(
     assert (outcome.kind, outcome.status) == ("status", 0)
     [copy] = hub_objects(hub)
     assert hashlib.sha256(plaintext(hub.spool, copy)).digest() == hashlib.sha256(data).digest()
+    # BBR on the sender's connection wherever this kernel lets a socket choose it.
+    with socket.socket() as probe:
+        bbr_available = set_bbr(probe)
+    conn = sender._conn
+    assert conn is not None and conn.sock is not None
+    chosen = conn.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, 16).rstrip(b"\0")
+    assert (chosen == b"bbr") == bbr_available
     # Sent again (e.g. an operator's resend): nothing is uploaded, nothing duplicated.
     with sqlite3.connect(unit.root / "journal.sqlite") as conn:
         conn.execute("DELETE FROM hub_uploads")
