@@ -4,6 +4,7 @@ behind the hub. The hub runs in the test's process so its counters can be read."
 
 from __future__ import annotations
 
+import hashlib
 import io
 import time
 from collections.abc import Iterator
@@ -12,7 +13,9 @@ from pathlib import Path
 import pytest
 from pydicom import dcmread
 
+from router.config.load import load_config
 from router.hub.service import Hub
+from router.spool.spool import Spool
 from tests.support.dicomgen import dataset_sha256
 from tests.support.faultproxy import FaultProxy
 from tests.support.hub import (
@@ -73,16 +76,24 @@ def _hub_commits(hub: Hub) -> int:
     )
 
 
-def _same_datasets(hub: Hub, files: list[Path], tmp_path: Path) -> None:
-    """Every file's data set is held at the hub, bit for bit."""
-    out = tmp_path / "at-hub"
-    out.mkdir(exist_ok=True)
-    found = set()
-    for index, held in enumerate(hub_objects(hub)):
-        path = out / f"{index}.dcm"
-        path.write_bytes(plaintext(hub.spool, held))
-        found.add(dataset_sha256(path))
-    assert found == {dataset_sha256(f) for f in files}
+def _digests(spool: Spool) -> set[str]:
+    """SHA-256 of every held object's bytes."""
+    return {
+        hashlib.sha256(plaintext(spool, held)).hexdigest() for held in spool.held_objects(("held",))
+    }
+
+
+def _same_objects(hub: Hub, config: Path, count: int) -> None:
+    """The hub holds exactly the bytes the unit holds (what storescu sent it), bit for bit.
+    (DCMTK's storescu re-encodes a file's data set as it sends, so the files themselves are
+    not the reference.) Call after the router stopped."""
+    unit = Spool(load_config(config).spool, create=False)
+    try:
+        expected = _digests(unit)
+    finally:
+        unit.close()
+    assert len(expected) == count
+    assert _digests(hub.spool) == expected
 
 
 def test_kill9_of_the_router_mid_object_resumes_at_the_confirmed_offset(
@@ -110,7 +121,7 @@ def test_kill9_of_the_router_mid_object_resumes_at_the_confirmed_offset(
     # Bytes re-sent: at most the chunk that was in flight at the kill.
     assert size <= hub.server.stats.body_bytes <= size + MAX_CHUNK
     assert _hub_commits(hub) == 1 and hub.server.stats.commits == 1
-    _same_datasets(hub, [big], tmp_path)
+    _same_objects(hub, config, 1)
 
 
 def test_repeated_flaps_lose_nothing_and_commit_nothing_twice(tmp_path: Path, hub: Hub) -> None:
@@ -126,7 +137,7 @@ def test_repeated_flaps_lose_nothing_and_commit_nothing_twice(tmp_path: Path, hu
     assert _hub_commits(hub) == 12
     assert hub.server.stats.commits == 12  # each object stored once; repeats were "already"
     assert len(hub_objects(hub)) == 12
-    _same_datasets(hub, files, tmp_path)
+    _same_objects(hub, config, 12)
 
 
 def test_a_stat_study_preempts_a_bulk_backlog(tmp_path: Path, hub: Hub) -> None:
@@ -157,7 +168,7 @@ def test_a_stat_study_preempts_a_bulk_backlog(tmp_path: Path, hub: Hub) -> None:
     # The STAT object overtook the backlog: most of the bulk was still to go.
     assert bulk_done <= 2, bulk_done
     assert latency < 20, latency
-    _same_datasets(hub, bulk + stat, tmp_path)
+    _same_objects(hub, config, 5)
 
 
 def _stat_arrived(hub: Hub) -> bool:
@@ -196,6 +207,19 @@ def test_objects_reach_the_providers_pacs_bit_exact_and_the_unit_hears_of_it(
                     config, "SELECT count(*) FROM history WHERE event = 'delivered-to-provider'"
                 )
                 assert events == [(3,)]
+            # What the PACS received is, data set for data set, what the unit received.
+            unit = Spool(load_config(config).spool, create=False)
+            try:
+                held = [plaintext(unit, h) for h in unit.held_objects(("held",))]
+            finally:
+                unit.close()
+            reference = tmp_path / "unit-held"
+            reference.mkdir()
+            for index, data in enumerate(held):
+                (reference / f"{index}.dcm").write_bytes(data)
+            assert {dataset_sha256(f) for f in pacs.files()} == {
+                dataset_sha256(f) for f in reference.iterdir()
+            }
+            assert len(held) == 3
         finally:
             provider.stop()
-        assert {dataset_sha256(f) for f in pacs.files()} == {dataset_sha256(f) for f in files}
