@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from bench.delivery_peers import ArrivalWatcher, check_arrived, digests
 from bench.measure import BenchError
-from tests.support.peers import listening_sockets, require
+from tests.support.peers import require
 from tests.support.router_proc import REPO, RouterProcess, write_config
 
 if TYPE_CHECKING:
@@ -31,9 +31,24 @@ PACS_PORT = 11114
 ROUTER_PORT = 11112
 
 
+def _listening_ports(pid: int) -> set[int]:
+    """TCP ports in LISTEN in the network namespace of ``pid`` (its own /proc/PID/net)."""
+    ports: set[int] = set()
+    for table in ("tcp", "tcp6"):
+        try:
+            lines = Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            parts = line.split()
+            if len(parts) > 3 and parts[3] == "0A":
+                ports.add(int(parts[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
 def _wait_listening(proc: subprocess.Popen[bytes], port: int, what: str, log: Path) -> None:
     deadline = time.monotonic() + 60
-    while port not in {p for _, p in listening_sockets(proc.pid)}:
+    while port not in _listening_ports(proc.pid):
         if proc.poll() is not None or time.monotonic() > deadline:
             raise BenchError(f"{what} did not start in the link's namespace (see {log})")
         time.sleep(0.02)
