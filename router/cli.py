@@ -7,7 +7,6 @@ import argparse
 import logging
 import signal
 import sys
-import threading
 from datetime import datetime
 from pathlib import Path
 
@@ -20,6 +19,7 @@ EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_UNREACHABLE = 69
 EXIT_CONFIG = 78
+EXIT_UPS_STOP = 75
 
 
 def _config(path: Path | None) -> Config:
@@ -27,6 +27,14 @@ def _config(path: Path | None) -> Config:
 
 
 def _setup_logging(level: str) -> None:
+    from router.health.journald import JournaldHandler, use_journald
+
+    if use_journald():
+        # Under systemd: native journal records with stable MESSAGE_IDs and priorities.
+        handler: logging.Handler = JournaldHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logging.basicConfig(level=level.upper(), handlers=[handler])
+        return
     logging.basicConfig(
         level=level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -40,10 +48,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = _config(args.config)
     _setup_logging(config.logging.level)
     router = Router(config)
-    router.start()
-    stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+        signal.signal(sig, lambda *_: router.request_stop("signal"))
+    router.start()
     ingest = config.ingest
     print(
         f"waystation ready: unit {config.unit.name}, AE title {config.unit.ae_title}, "
@@ -58,9 +65,11 @@ def cmd_run(args: argparse.Namespace) -> int:
             "Check what is held:  waystation spool verify   (Ctrl-C stops the router)",
             flush=True,
         )
-    stop.wait()
+    router.stop_requested.wait()
     router.stop()
-    return EXIT_OK
+    # A UPS stop is not a failure, but systemd must not restart the router on a dying battery
+    # (RestartPreventExitStatus=75 in waystation.service).
+    return EXIT_UPS_STOP if router.stop_reason == "ups" else EXIT_OK
 
 
 def cmd_config_check(args: argparse.Namespace) -> int:
