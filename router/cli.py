@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 from datetime import datetime
@@ -67,6 +68,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         )
     router.stop_requested.wait()
     router.stop()
+    runtime = os.environ.get("RUNTIME_DIRECTORY", "")
+    if router.stop_reason == "ups" and runtime:
+        # waystation-ups-poweroff.path powers the unit off; the HAT restarts it on mains.
+        (Path(runtime.split(":")[0]) / "poweroff").touch()
     # A UPS stop is not a failure, but systemd must not restart the router on a dying battery
     # (RestartPreventExitStatus=75 in waystation.service).
     return EXIT_UPS_STOP if router.stop_reason == "ups" else EXIT_OK
