@@ -260,6 +260,9 @@ def build_parser() -> argparse.ArgumentParser:
     from router.control.commands import add_commands
 
     add_commands(sub)
+    from appliance.cli import add_commands as add_appliance_commands
+
+    add_appliance_commands(sub)
     return parser
 
 
