@@ -71,9 +71,7 @@ def cmd_commission(args: argparse.Namespace) -> int:
 
         directory = load_config(path).state_dir / c.REPORT_DIR
         if not (directory / "report.json").exists():
-            raise WaystationError(
-                "this unit has not been commissioned: run `waystation commission`"
-            )
+            raise WaystationError("not commissioned yet: run `waystation commission` first")
         report = c.load(directory)
         c.save(report, directory)  # re-rendered with this version's layout
         print(c.render_text(report))
