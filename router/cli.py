@@ -192,8 +192,14 @@ def cmd_console(args: argparse.Namespace) -> int:
     """The technician's console. Imported lazily: the router itself never loads Textual."""
     from tui.main import run
 
-    socket = args.socket or _config(args.config).control_socket
-    return run(str(socket), relock_seconds=args.relock)
+    notice = args.setup_notice
+    if args.socket is None:
+        config = _config(args.config)
+        socket = config.control_socket
+        notice = notice or config.state_dir / "firstboot" / "notice.json"
+    else:
+        socket = args.socket
+    return run(str(socket), relock_seconds=args.relock, setup_notice=notice)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -254,6 +260,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=120.0,
         metavar="SECONDS",
         help="lock again after this many seconds without a key press (default 120)",
+    )
+    console.add_argument(
+        "--setup-notice",
+        type=Path,
+        metavar="FILE",
+        help="first boot's notice.json: its problems are shown while the router is not up",
     )
     console.set_defaults(func=cmd_console)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from datetime import tzinfo
+from pathlib import Path
 from typing import Any, ClassVar
 
 from textual import events, work
@@ -30,6 +31,7 @@ from tui.screens.dialogs import PinAnswer, PinScreen
 from tui.screens.help import HelpScreen
 from tui.screens.overview import OverviewScreen
 from tui.screens.studies import StudiesScreen
+from tui.setup_notice import read_notice
 from tui.source import ControlError, ControlSource, ControlUnreachable
 from tui.widgets.topbar import TopBar
 from tui.widgets.unreachable import UnreachablePanel
@@ -86,9 +88,11 @@ class ConsoleApp(App[None]):
         tz: tzinfo | None = None,
         refresh_seconds: float = 2.0,
         relock_seconds: float = 120.0,
+        setup_notice: Path | None = None,
     ) -> None:
         super().__init__()
         self.source = source
+        self.setup_notice = setup_notice
         self.socket_label = socket_label
         self.clock = clock
         self.tz = tz
@@ -185,6 +189,7 @@ class ConsoleApp(App[None]):
                     now,
                     self.socket_label,
                     refused=self.lost_refused,
+                    setup_problems=read_notice(self.setup_notice),
                 )
 
     # -- keys, locking -------------------------------------------------------------------------
