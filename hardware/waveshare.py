@@ -34,8 +34,12 @@ class WaveshareUps:
                 device.close()
         except OSError as exc:
             return PowerState(None, None, f"INA219 unreadable: {exc.strerror or exc}")
-        if shunt >= 0x8000:
-            shunt -= 0x10000
-        volts = (bus >> 3) * 0.004
-        percent = max(0.0, min(100.0, (volts - _EMPTY) / (_FULL - _EMPTY) * 100))
-        return PowerState(shunt > _DISCHARGE_STEPS, round(percent, 1), f"pack {volts:.2f} V")
+        return reading(shunt, bus)
+
+
+def reading(shunt_register: int, bus_register: int) -> PowerState:
+    """The power state from the INA219's shunt-voltage and bus-voltage registers."""
+    shunt = shunt_register - 0x10000 if shunt_register >= 0x8000 else shunt_register
+    volts = (bus_register >> 3) * 0.004
+    percent = max(0.0, min(100.0, (volts - _EMPTY) / (_FULL - _EMPTY) * 100))
+    return PowerState(shunt > _DISCHARGE_STEPS, round(percent, 1), f"pack {volts:.2f} V")

@@ -40,5 +40,9 @@ class X728:
                 gauge.close()
         except OSError as exc:
             return PowerState(on_mains, None, f"X728 fuel gauge unreadable: {exc.strerror or exc}")
-        percent = min(100.0, (soc >> 8) + (soc & 0xFF) / 256)
-        return PowerState(on_mains, percent, f"cell {volts:.2f} V")
+        return PowerState(on_mains, charge_percent(soc), f"cell {volts:.2f} V")
+
+
+def charge_percent(soc_register: int) -> float:
+    """The MAX17043's SOC register: whole percent in the high byte, 1/256ths in the low."""
+    return min(100.0, (soc_register >> 8) + (soc_register & 0xFF) / 256)
