@@ -28,6 +28,7 @@ from router.delivery.queue import DeliveryQueue
 from router.delivery.worker import DestinationWorker
 from router.errors import ControlSocketError
 from router.health.liveness import Watched
+from router.health.metrics import MetricsServer
 from router.health.monitor import Monitor, MonitorInputs
 from router.health.notify import Notifier
 from router.ingest.scp import IngestServer
@@ -112,6 +113,7 @@ class Router:
 
         self.started_at = time.time()
         self.control: ControlServer | None = None
+        self.metrics: MetricsServer | None = None
         self.monitor = Monitor(
             config.appliance,
             self.alarms,
@@ -224,6 +226,13 @@ class Router:
         if self.control is not None:
             self.control.start()
         self.monitor.start()
+        listen = self.config.appliance.metrics_listen
+        if listen is not None:
+            try:
+                self.metrics = MetricsServer(listen, lambda: self.monitor.metrics_text)
+                self.metrics.start()
+            except OSError as exc:  # metrics are a convenience: never stop the router
+                log.error("cannot serve metrics on %s: %s", listen, exc)
         # Why here: recovery finished in __init__ and ingest listens now; systemd starts the
         # units ordered after this one only when this is said.
         self.notifier.ready(self.summary())
@@ -239,6 +248,8 @@ class Router:
         self.notifier.stopping(f"stopping ({self.stop_reason or 'asked to'})")
         log.info("stopping (%s)", self.stop_reason or "asked to", extra={"message_id": "stopping"})
         self.monitor.stop()
+        if self.metrics is not None:
+            self.metrics.stop()
         if self.control is not None:
             self.control.stop()  # removes the socket: clients see "not running" at once
             self.control.ctx.readers.close()

@@ -60,6 +60,7 @@ class Monitor:
         self.notifier = notifier or Notifier()
         self.ups = ups
         self.checks: list[Check] = []
+        self.metrics_text = ""
         self.power: PowerState | None = None
         self.fed = 0  # watchdog pings sent (tests and metrics read it)
         self._stop = threading.Event()
@@ -110,11 +111,11 @@ class Monitor:
             found.append(power)
         self.checks = found
         self.notifier.status(self.inputs.summary())
+        gauges = {**self.inputs.gauges(), "watchdog_pings": float(self.fed)}
+        self.metrics_text = render(found, gauges, [a.code for a in self.alarms.active()])
         if self.config.metrics_file is not None:
             try:
-                gauges = {**self.inputs.gauges(), "watchdog_pings": float(self.fed)}
-                alarm_codes = [a.code for a in self.alarms.active()]
-                write_textfile(self.config.metrics_file, render(found, gauges, alarm_codes))
+                write_textfile(self.config.metrics_file, self.metrics_text)
             except OSError as exc:
                 log.warning("cannot write metrics to %s: %s", self.config.metrics_file, exc)
 

@@ -176,3 +176,25 @@ def test_watchdog_stops_when_a_delivery_worker_hangs(
     finally:
         hang.set()
         router.stop(grace=1)
+
+
+def test_metrics_file_and_loopback_endpoint(tmp_path: Path, manager: FakeManager) -> None:
+    import urllib.request
+
+    metrics_port = free_port()
+    extra = f'metrics_file = "metrics.prom"\nmetrics_listen = "127.0.0.1:{metrics_port}"'
+    config = parse_config(_config(tmp_path, free_port(), extra), source="t.toml", base=tmp_path)
+    router = Router(config, notifier=Notifier({"NOTIFY_SOCKET": manager.address}))
+    router.start()
+    try:
+        prom = tmp_path / "metrics.prom"
+        assert wait_for(prom.exists, timeout=10)
+        text = prom.read_text()
+        assert 'waystation_health{aspect="router"} 0' in text
+        assert "waystation_spool_free_bytes" in text
+        url = f"http://127.0.0.1:{metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as answer:
+            served = answer.read().decode()
+        assert 'waystation_health{aspect="clock"}' in served
+    finally:
+        router.stop(grace=1)
