@@ -209,8 +209,6 @@ class ApplianceConfig(_Strict):
     ups_state_file: Path | None = None
     # At or below this charge (percent) on battery: refuse new associations, finish, stop.
     ups_low_battery: float = Field(default=20.0, ge=1, le=90)
-    # The status LED (a GPIO line on the board profile's chip), off unless set.
-    status_led: bool = Field(default=False, strict=True)
 
     @field_validator("metrics_listen")
     @classmethod

@@ -20,6 +20,7 @@ MAX_EXPOSURE = {
     "waystation.service": 2.0,
     "waystation-console@tty1.service": 1.5,
     "waystation-hub.service": 1.5,
+    "waystation-firstboot.service": 4.0,
 }
 
 
