@@ -51,7 +51,9 @@ def _router_running(socket_path: Path) -> bool:
 def cmd_firstboot(args: argparse.Namespace) -> int:
     from appliance.firstboot import firstboot
 
-    result = firstboot(Path(args.boot), Path(args.state))
+    result = firstboot(
+        Path(args.boot), Path(args.state), only_if_unconfigured=args.only_if_unconfigured
+    )
     if result.outcome == "installed":
         print(f"configuration installed (fingerprint {result.fingerprint})")
     elif result.outcome == "already-configured":
@@ -151,6 +153,11 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     first = sub.add_parser("firstboot", help="install waystation.toml from the boot partition")
     first.add_argument("--boot", required=True, help="the boot partition's folder")
     first.add_argument("--state", required=True, help="the state folder (/var/lib/waystation)")
+    first.add_argument(
+        "--only-if-unconfigured",
+        action="store_true",
+        help="do nothing (and drop the files) when a configuration is installed already",
+    )
     first.set_defaults(func=cmd_firstboot)
 
     com = sub.add_parser("commission", help="keys, certificate, tests and the report")

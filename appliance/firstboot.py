@@ -50,11 +50,18 @@ def config_fingerprint(text: bytes) -> str:
     return hashlib.sha256(text).hexdigest()[:16]
 
 
-def firstboot(boot: Path, state: Path) -> FirstBootResult:
-    """Validate and install ``boot/waystation.toml`` into ``state``; see the module docs."""
+def firstboot(boot: Path, state: Path, *, only_if_unconfigured: bool = False) -> FirstBootResult:
+    """Validate and install ``boot/waystation.toml`` into ``state``; see the module docs.
+
+    ``only_if_unconfigured``: for the console's inbox, which may set a unit up but never
+    change one that is set up (the files there are removed unread)."""
     make_dirs(state, mode=0o750)
     source = boot / CONFIG_NAME
     installed = state / CONFIG_NAME
+    if only_if_unconfigured and installed.exists():
+        for name in (CONFIG_NAME, PIN_NAME):
+            _remove(boot / name)
+        return FirstBootResult("already-configured")
     if not source.exists():
         if installed.exists():
             result = FirstBootResult("already-configured")
@@ -62,8 +69,8 @@ def firstboot(boot: Path, state: Path) -> FirstBootResult:
             result = FirstBootResult(
                 "no-file",
                 [
-                    f"No configuration yet. Put {CONFIG_NAME} on the boot partition and restart, "
-                    "or run `waystation commission` (docs/commissioning.md)."
+                    f"No configuration yet. Put {CONFIG_NAME} on the boot partition and "
+                    "restart (docs/commissioning.md)."
                 ],
             )
         _write_notice(state, result)

@@ -199,7 +199,9 @@ def cmd_console(args: argparse.Namespace) -> int:
         notice = notice or config.state_dir / "firstboot" / "notice.json"
     else:
         socket = args.socket
-    return run(str(socket), relock_seconds=args.relock, setup_notice=notice)
+    return run(
+        str(socket), relock_seconds=args.relock, setup_notice=notice, setup_inbox=args.setup_inbox
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -266,6 +268,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         metavar="FILE",
         help="first boot's notice.json: its problems are shown while the router is not up",
+    )
+    console.add_argument(
+        "--setup-inbox",
+        type=Path,
+        metavar="DIR",
+        help="where the commissioning screen leaves its answers for the first-boot step",
     )
     console.set_defaults(func=cmd_console)
 

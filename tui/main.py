@@ -9,12 +9,20 @@ from tui.app import ConsoleApp
 
 
 def run(
-    socket_path: str, *, relock_seconds: float = 120.0, setup_notice: Path | None = None
+    socket_path: str,
+    *,
+    relock_seconds: float = 120.0,
+    setup_notice: Path | None = None,
+    setup_inbox: Path | None = None,
 ) -> int:
     """Run the console until the technician quits; returns the exit code (0).
     ``setup_notice``: first boot's notice file, shown while the unit is not set up."""
     client = ControlClient(socket_path)
     ConsoleApp(
-        client, socket_label=socket_path, relock_seconds=relock_seconds, setup_notice=setup_notice
+        client,
+        socket_label=socket_path,
+        relock_seconds=relock_seconds,
+        setup_notice=setup_notice,
+        setup_inbox=setup_inbox,
     ).run()
     return 0

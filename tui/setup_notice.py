@@ -23,9 +23,10 @@ def read_notice(path: Path | None) -> list[str] | None:
     return problems or ["The unit has no configuration yet."]
 
 
-def setup_text(problems: list[str]) -> str:
+def setup_text(problems: list[str], *, can_set_up: bool = False) -> str:
     """The panel's words for an engineer at the unit."""
     lines = "\n".join(f"  - {p}" for p in problems)
+    here = "\nOr press c to answer the setup questions here.\n" if can_set_up else ""
     return (
         "!! THIS UNIT IS NOT SET UP YET !!\n\n"
         "It is not receiving or sending studies. What first boot found:\n"
@@ -35,4 +36,5 @@ def setup_text(problems: list[str]) -> str:
         "     on its boot partition (waystation-problems.txt there lists the same).\n"
         "  2. Put it back and restart the unit. This screen goes away when the\n"
         "     router answers."
+        f"{here}"
     )

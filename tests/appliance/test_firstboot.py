@@ -117,7 +117,7 @@ def test_no_file_says_how_to_commission(tmp_path: Path) -> None:
     boot, state = _dirs(tmp_path)
     result = firstboot(boot, state)
     assert result.outcome == "no-file"
-    assert "waystation commission" in result.problems[0]
+    assert "waystation.toml on the boot partition" in result.problems[0]
     assert not (state / "waystation.toml").exists()
     assert _notice(state)["outcome"] == "no-file"
 

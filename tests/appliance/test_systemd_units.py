@@ -21,6 +21,7 @@ MAX_EXPOSURE = {
     "waystation-console@tty1.service": 1.5,
     "waystation-hub.service": 1.5,
     "waystation-firstboot.service": 4.0,
+    "waystation-setup.service": 2.2,
 }
 
 

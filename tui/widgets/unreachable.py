@@ -32,11 +32,12 @@ class UnreachablePanel(Static):
         *,
         refused: bool = False,
         setup_problems: list[str] | None = None,
+        can_set_up: bool = False,
     ) -> None:
         """Redraw with the latest error and when the service last answered. ``refused``: the
         service answers but will not serve this login (not an operator)."""
         if setup_problems is not None:
-            self.update(setup_text(setup_problems))
+            self.update(setup_text(setup_problems, can_set_up=can_set_up))
             return
         if refused:
             self.update(
