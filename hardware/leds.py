@@ -10,6 +10,9 @@
 
 from __future__ import annotations
 
+import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -39,3 +42,47 @@ def look(*, faults: int, attention: int, waiting: int) -> Look:
     if attention:
         return "attention"
     return "sending" if waiting else "delivered"
+
+
+class StatusLeds:
+    """Blinks two LEDs in the pattern of the current look, from its own thread.
+
+    ``red`` and ``green`` switch one LED each (a GPIO line, or a fake in tests)."""
+
+    def __init__(
+        self, red: Callable[[bool], None], green: Callable[[bool], None], tick: float = 0.125
+    ) -> None:
+        self._set = {"red": red, "green": green}
+        self._tick = tick
+        self.look: Look = "delivered"
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="status-leds", daemon=True)
+
+    def start(self) -> None:
+        """Start blinking."""
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop blinking and switch both off."""
+        self._stop.set()
+        self._thread.join(timeout=2)
+        for switch in self._set.values():
+            switch(False)
+
+    def _run(self) -> None:
+        started = time.monotonic()
+        while not self._stop.wait(self._tick):
+            at = time.monotonic() - started
+            pattern = PATTERNS[self.look]
+            self._set["green"](is_on(pattern.green, at))
+            self._set["red"](is_on(pattern.red, at))
+
+
+def is_on(timing: tuple[float, float], at: float) -> bool:
+    """Whether an LED with (on, off) ``timing`` is lit ``at`` seconds into the pattern."""
+    on, off = timing
+    if on == 0:
+        return False
+    if off == 0:
+        return True
+    return (at % (on + off)) < on

@@ -14,7 +14,9 @@ _I2C_SLAVE = 0x0703
 # _IOWR(0xB4, 0x03, struct gpiohandle_request) and _IOWR(0xB4, 0x08, struct gpiohandle_data)
 _GPIO_GET_LINEHANDLE = 0xC16CB403
 _GPIOHANDLE_GET_LINE_VALUES = 0xC040B408
+_GPIOHANDLE_SET_LINE_VALUES = 0xC040B409
 _GPIOHANDLE_REQUEST_INPUT = 1
+_GPIOHANDLE_REQUEST_OUTPUT = 2
 _REQUEST = struct.Struct("64I I 64B 32s I i")  # 364 bytes
 
 
@@ -42,32 +44,46 @@ class I2CDevice:
         os.close(self._fd)
 
 
+def _line_handle(chip: str, line: int, flags: int, consumer: str) -> int:
+    chip_fd = os.open(Path("/dev") / chip, os.O_RDONLY)
+    try:
+        request = bytearray(
+            _REQUEST.pack(*([line] + [0] * 63), flags, *([0] * 64), consumer.encode()[:31], 1, 0)
+        )
+        fcntl.ioctl(chip_fd, _GPIO_GET_LINEHANDLE, request)
+        return int(_REQUEST.unpack(bytes(request))[-1])
+    finally:
+        os.close(chip_fd)
+
+
 class GpioInput:
     """One input line of a GPIO chip (/dev/gpiochipN), read on demand."""
 
     def __init__(self, chip: str, line: int, consumer: str = "waystation") -> None:
-        chip_fd = os.open(Path("/dev") / chip, os.O_RDONLY)
-        try:
-            request = bytearray(
-                _REQUEST.pack(
-                    *([line] + [0] * 63),
-                    _GPIOHANDLE_REQUEST_INPUT,
-                    *([0] * 64),
-                    consumer.encode()[:31],
-                    1,
-                    0,
-                )
-            )
-            fcntl.ioctl(chip_fd, _GPIO_GET_LINEHANDLE, request)
-            self._fd = int(_REQUEST.unpack(bytes(request))[-1])
-        finally:
-            os.close(chip_fd)
+        self._fd = _line_handle(chip, line, _GPIOHANDLE_REQUEST_INPUT, consumer)
 
     def value(self) -> int:
         """0 or 1."""
         data = bytearray(64)
         fcntl.ioctl(self._fd, _GPIOHANDLE_GET_LINE_VALUES, data)
         return data[0]
+
+    def close(self) -> None:
+        """Release the line."""
+        os.close(self._fd)
+
+
+class GpioOutput:
+    """One output line of a GPIO chip, e.g. a status LED."""
+
+    def __init__(self, chip: str, line: int, consumer: str = "waystation") -> None:
+        self._fd = _line_handle(chip, line, _GPIOHANDLE_REQUEST_OUTPUT, consumer)
+
+    def set(self, on: bool) -> None:
+        """Drive the line high (True) or low."""
+        data = bytearray(64)
+        data[0] = 1 if on else 0
+        fcntl.ioctl(self._fd, _GPIOHANDLE_SET_LINE_VALUES, data)
 
     def close(self) -> None:
         """Release the line."""

@@ -9,6 +9,9 @@ import time
 from collections.abc import Sequence
 from datetime import datetime
 
+from hardware import leds
+from hardware.leds import Look
+from hardware.linux_io import GpioOutput
 from hardware.profiles import select
 from hardware.ups import FileUps, Ups
 from hardware.waveshare import WaveshareUps
@@ -114,6 +117,7 @@ class Router:
         self.started_at = time.time()
         self.control: ControlServer | None = None
         self.metrics: MetricsServer | None = None
+        self.leds = build_leds(config)
         self.monitor = Monitor(
             config.appliance,
             self.alarms,
@@ -123,6 +127,7 @@ class Router:
                 gauges=self._gauges,
                 latest_received=lambda: self.ingest.last_received_at,
                 on_low_battery=self._low_battery,
+                on_tick=self._show_on_leds,
                 spool_path=config.spool.path,
             ),
             notifier=self.notifier,
@@ -162,6 +167,22 @@ class Router:
             "associations_active": float(self.ingest.active_associations()),
             "uptime_seconds": time.time() - self.started_at,
         }
+
+    def look(self) -> Look:
+        """What the status LEDs show: fault, attention, sending or all delivered."""
+        codes = {a.code for a in self.alarms.active()}
+        states = [w.status.state for w in self.workers.values()]
+        attention = sum(s in ("down", "blocked") for s in states) + ("on-battery" in codes)
+        busy = sum(s in ("sending", "waiting") for s in states)
+        return leds.look(
+            faults=len(codes - {"on-battery"}),
+            attention=attention,
+            waiting=busy + self.ingest.active_associations(),
+        )
+
+    def _show_on_leds(self) -> None:
+        if self.leds is not None:
+            self.leds.look = self.look()
 
     def _low_battery(self) -> None:
         # Transient refusal first, so nothing new starts; stop() then lets the objects in
@@ -225,6 +246,8 @@ class Router:
         self._health.start()
         if self.control is not None:
             self.control.start()
+        if self.leds is not None:
+            self.leds.start()
         self.monitor.start()
         listen = self.config.appliance.metrics_listen
         if listen is not None:
@@ -248,6 +271,8 @@ class Router:
         self.notifier.stopping(f"stopping ({self.stop_reason or 'asked to'})")
         log.info("stopping (%s)", self.stop_reason or "asked to", extra={"message_id": "stopping"})
         self.monitor.stop()
+        if self.leds is not None:
+            self.leds.stop()
         if self.metrics is not None:
             self.metrics.stop()
         if self.control is not None:
@@ -292,3 +317,20 @@ def build_ups(config: Config) -> Ups | None:
     if kind == "x728":
         return X728(i2c_bus=board.i2c_bus, gpio_chip=board.gpio_chip)
     return WaveshareUps(i2c_bus=board.i2c_bus)
+
+
+def build_leds(config: Config) -> leds.StatusLeds | None:
+    """The status LEDs on the board profile's lines, when asked for and present."""
+    if not config.appliance.status_led:
+        return None
+    board = select(config.appliance.board)
+    if board.led_red is None or board.led_green is None or not board.gpio_chip:
+        log.error("status_led is set, but board %s has no status LED lines", board.name)
+        return None
+    try:
+        red = GpioOutput(board.gpio_chip, board.led_red)
+        green = GpioOutput(board.gpio_chip, board.led_green)
+    except OSError as exc:  # LEDs are a convenience: never stop the router
+        log.error("cannot drive the status LEDs on %s: %s", board.gpio_chip, exc)
+        return None
+    return leds.StatusLeds(red.set, green.set)

@@ -209,6 +209,8 @@ class ApplianceConfig(_Strict):
     ups_state_file: Path | None = None
     # At or below this charge (percent) on battery: refuse new associations, finish, stop.
     ups_low_battery: float = Field(default=20.0, ge=1, le=90)
+    # Blink the status LEDs on the board profile's GPIO lines (hardware/README.md).
+    status_led: bool = Field(default=False, strict=True)
 
     @field_validator("metrics_listen")
     @classmethod

@@ -35,6 +35,7 @@ class MonitorInputs:
     gauges: Callable[[], dict[str, float]] = dict
     latest_received: Callable[[], float | None] = lambda: None
     on_low_battery: Callable[[], None] = lambda: None
+    on_tick: Callable[[], None] = lambda: None
     spool_path: Path = Path(".")
     rtc_present: Callable[[], bool] = probes.rtc_present
     ntp_synchronized: Callable[[], bool | None] = probes.ntp_synchronized
@@ -110,6 +111,7 @@ class Monitor:
         if power is not None:
             found.append(power)
         self.checks = found
+        self.inputs.on_tick()
         self.notifier.status(self.inputs.summary())
         gauges = {**self.inputs.gauges(), "watchdog_pings": float(self.fed)}
         self.metrics_text = render(found, gauges, [a.code for a in self.alarms.active()])

@@ -90,3 +90,28 @@ def test_journald_record_has_a_stable_message_id(tmp_path: Path) -> None:
     # A multi-line message uses the protocol's binary form: name, newline, 64-bit length.
     message = b"ALARM clock-jumped: two\nlines"
     assert b"MESSAGE\n" + len(message).to_bytes(8, "little") + message in data
+
+
+def test_status_leds_blink_the_current_look() -> None:
+    import time as _time
+
+    seen: dict[str, list[bool]] = {"red": [], "green": []}
+    status = leds.StatusLeds(seen["red"].append, seen["green"].append, tick=0.01)
+    status.look = "fault"
+    status.start()
+    try:
+        _time.sleep(0.6)
+        assert not any(seen["green"]) and True in seen["red"] and False in seen["red"]
+        status.look = "delivered"
+        _time.sleep(0.2)
+        del seen["green"][:], seen["red"][:]
+        _time.sleep(0.2)
+        assert seen["green"] and all(seen["green"]) and not any(seen["red"])
+    finally:
+        status.stop()
+    assert seen["green"][-1] is False and seen["red"][-1] is False  # off when stopped
+
+
+def test_blink_timing() -> None:
+    assert leds.is_on((1, 1), 0.5) and not leds.is_on((1, 1), 1.5)
+    assert leds.is_on((1, 0), 99) and not leds.is_on((0, 0), 0)

@@ -142,6 +142,7 @@ def test_router_says_ready_status_and_feeds_the_watchdog(
         with socket.create_connection(("127.0.0.1", router.ingest.port), timeout=5):
             pass
         assert any("destinations" in m["STATUS"] for m in manager.having("STATUS")[1:])
+        assert router.look() == "delivered"  # the status LEDs' steady green
     finally:
         router.stop(grace=1)
     assert manager.having("STOPPING")
@@ -173,6 +174,7 @@ def test_watchdog_stops_when_a_delivery_worker_hangs(
         assert len(manager.having("WATCHDOG")) == pings, "the watchdog was fed while wedged"
         liveness = next(c for c in router.monitor.checks if c.name == "router")
         assert liveness.state == "fault" and "delivery deliver-pacs-0 stuck" in liveness.detail
+        assert router.look() == "fault"
     finally:
         hang.set()
         router.stop(grace=1)
