@@ -142,7 +142,8 @@ def test_router_says_ready_status_and_feeds_the_watchdog(
         with socket.create_connection(("127.0.0.1", router.ingest.port), timeout=5):
             pass
         assert any("destinations" in m["STATUS"] for m in manager.having("STATUS")[1:])
-        assert router.look() == "delivered"  # the status LEDs' steady green
+        # The status LEDs' steady green, once the probe connection above is gone.
+        assert wait_for(lambda: router.look() == "delivered", timeout=10)
     finally:
         router.stop(grace=1)
     assert manager.having("STOPPING")
