@@ -11,11 +11,6 @@ from datetime import datetime
 
 from hardware import leds
 from hardware.leds import Look
-from hardware.linux_io import GpioOutput
-from hardware.profiles import select
-from hardware.ups import FileUps, Ups
-from hardware.waveshare import WaveshareUps
-from hardware.x728 import X728
 from router.alarms import Alarms
 from router.config.model import Config
 from router.config.rules import build_rules
@@ -30,6 +25,7 @@ from router.delivery.dimse import Timeouts
 from router.delivery.queue import DeliveryQueue
 from router.delivery.worker import DestinationWorker
 from router.errors import ControlSocketError
+from router.health.devices import build_leds, build_ups
 from router.health.liveness import Watched
 from router.health.metrics import MetricsServer
 from router.health.monitor import Monitor, MonitorInputs
@@ -303,34 +299,3 @@ class Router:
                             break
                 except Exception:  # retention must never stop the router
                     log.exception("retention pass failed; will try again")
-
-
-def build_ups(config: Config) -> Ups | None:
-    """The configured UPS driver, on the board profile's bus and chip."""
-    kind = config.appliance.ups
-    if kind == "none":
-        return None
-    if kind == "file":
-        assert config.appliance.ups_state_file is not None  # the config requires it
-        return FileUps(config.appliance.ups_state_file)
-    board = select(config.appliance.board)
-    if kind == "x728":
-        return X728(i2c_bus=board.i2c_bus, gpio_chip=board.gpio_chip)
-    return WaveshareUps(i2c_bus=board.i2c_bus)
-
-
-def build_leds(config: Config) -> leds.StatusLeds | None:
-    """The status LEDs on the board profile's lines, when asked for and present."""
-    if not config.appliance.status_led:
-        return None
-    board = select(config.appliance.board)
-    if board.led_red is None or board.led_green is None or not board.gpio_chip:
-        log.error("status_led is set, but board %s has no status LED lines", board.name)
-        return None
-    try:
-        red = GpioOutput(board.gpio_chip, board.led_red)
-        green = GpioOutput(board.gpio_chip, board.led_green)
-    except OSError as exc:  # LEDs are a convenience: never stop the router
-        log.error("cannot drive the status LEDs on %s: %s", board.gpio_chip, exc)
-        return None
-    return leds.StatusLeds(red.set, green.set)
