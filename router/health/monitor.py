@@ -40,6 +40,7 @@ class MonitorInputs:
     rtc_present: Callable[[], bool] = probes.rtc_present
     ntp_synchronized: Callable[[], bool | None] = probes.ntp_synchronized
     clock: Callable[[], ClockSample] = probes.clock_sample
+    undervoltage: Callable[[], bool | None] = probes.undervoltage
     extra: dict[str, object] = field(default_factory=dict)
 
 
@@ -159,7 +160,13 @@ class Monitor:
 
     def _power(self) -> Check | None:
         if self.ups is None:
-            return None
+            # Without a UPS, a Pi still says when its supply sags (flaky power, bad cable).
+            low = self.inputs.undervoltage()
+            if low is None:
+                return None
+            if low:
+                return Check("power", "warn", "under-voltage: use the board's own power supply")
+            return Check("power", "ok", "mains, voltage ok")
         state = self.ups.read()
         self.power = state
         action = decide(state, self.config.ups_low_battery)

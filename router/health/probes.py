@@ -108,3 +108,13 @@ def emmc_wear(disk: Path) -> tuple[int | None, str | None]:
     with contextlib.suppress(OSError, ValueError):
         pre_eol = _PRE_EOL.get(int((disk / "device" / "pre_eol_info").read_text().strip(), 16))
     return used, pre_eol
+
+
+def undervoltage(sys_root: Path = Path("/sys")) -> bool | None:
+    """A Raspberry Pi's under-voltage alarm (the rpi_volt hwmon sensor), or None elsewhere."""
+    with contextlib.suppress(OSError):
+        for hwmon in (sys_root / "class" / "hwmon").iterdir():
+            with contextlib.suppress(OSError):
+                if (hwmon / "name").read_text().strip() == "rpi_volt":
+                    return (hwmon / "in0_lcrit_alarm").read_text().strip() == "1"
+    return None

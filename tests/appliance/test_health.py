@@ -140,3 +140,29 @@ def test_metrics_text_has_states_and_codes_only() -> None:
     assert 'waystation_alarm{code="clock-jumped"} 1' in text
     assert "waystation_spool_free_bytes 1024" in text
     assert "jumped\n" not in text  # details (free text) never go into metrics
+
+
+def test_undervoltage_from_the_pi_hwmon_sensor(tmp_path: Path) -> None:
+    assert probes.undervoltage(tmp_path) is None
+    sensor = tmp_path / "class" / "hwmon" / "hwmon1"
+    sensor.mkdir(parents=True)
+    (tmp_path / "class" / "hwmon" / "hwmon0").mkdir()  # another sensor, no name file
+    (sensor / "name").write_text("rpi_volt\n")
+    (sensor / "in0_lcrit_alarm").write_text("0\n")
+    assert probes.undervoltage(tmp_path) is False
+    (sensor / "in0_lcrit_alarm").write_text("1\n")
+    assert probes.undervoltage(tmp_path) is True
+
+
+def test_power_item_without_a_ups(tmp_path: Path) -> None:
+    def monitor(low: bool | None) -> Monitor:
+        inputs = MonitorInputs(
+            watched=list, summary=str, spool_path=tmp_path, undervoltage=lambda: low
+        )
+        return Monitor(ApplianceConfig(), Alarms(), inputs, notifier=Notifier({}))
+
+    for low, expected in ((None, None), (False, "ok"), (True, "warn")):
+        m = monitor(low)
+        m.tick()
+        power = [c.state for c in m.checks if c.name == "power"]
+        assert power == ([] if expected is None else [expected])
