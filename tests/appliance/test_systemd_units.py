@@ -87,7 +87,8 @@ def test_router_unit_promises() -> None:
     assert service["ProtectSystem"] == ["strict"]
     assert service["NoNewPrivileges"] == ["yes"]
     assert service["CapabilityBoundingSet"] == ["CAP_NET_BIND_SERVICE"]
-    assert service["RestartPreventExitStatus"] == ["75"]  # router/cli.py EXIT_UPS_STOP
+    # router/cli.py's EXIT_UPS_STOP and EXIT_CONFIG: restarting would not help.
+    assert service["RestartPreventExitStatus"] == ["75 78"]
     # The stop timeout covers the router's 30 s grace for objects in flight plus the flush.
     stop = int(service["TimeoutStopSec"][0].rstrip("s"))
     assert stop >= 60
