@@ -183,6 +183,8 @@ class Monitor:
         )
         if action == "shutdown" and not self._shutdown_started:
             self._shutdown_started = True
+            # Refuse first: by the time anyone reads the alarm, nothing new is accepted.
+            self.inputs.on_low_battery()
             self.alarms.raise_(
                 "battery-low",
                 f"UPS battery low{charge}: new associations refused, finishing and stopping.",
@@ -192,6 +194,5 @@ class Monitor:
                 charge,
                 extra={"message_id": "ups-shutdown"},
             )
-            self.inputs.on_low_battery()
             return Check("power", "fault", f"battery low{charge}: stopping")
         return Check("power", "warn", f"on battery{charge}")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import socket
 import sqlite3
 import threading
+import time
 from pathlib import Path
 
 from pydicom import dcmread
@@ -63,6 +64,7 @@ health_interval = "0.3 s"
         def on_ack(path: Path, status: int) -> None:
             if status == 0:
                 progress.set()
+            time.sleep(0.03)  # a slow modality: the association outlasts the refusal below
 
         def long_send() -> None:
             nonlocal during
@@ -73,6 +75,12 @@ health_interval = "0.3 s"
         assert progress.wait(30)
         write_state(ups, mains=False, charge=15)
         assert router.proc is not None
+        assert wait_for(lambda: "UPS battery low" in router.read_log(), timeout=30)
+        # While the association in flight finishes, a new one is refused.
+        assert sender.is_alive(), "the sender finished too early to show the refusal"
+        with socket.socket() as probe:
+            assert probe.connect_ex(("127.0.0.1", port)) != 0
+        assert router.proc.poll() is None  # still finishing the association in flight
         code = router.proc.wait(timeout=120)
         sender.join(timeout=120)
         assert code == 75, router.read_log()
@@ -86,6 +94,10 @@ health_interval = "0.3 s"
 
     acknowledged = len(first.acknowledged) + len(during.acknowledged)
     assert len(during.acknowledged) > 0
+    print(
+        f"acknowledged on battery: {len(first.acknowledged)}, during the low-battery stop: "
+        f"{len(during.acknowledged)} of {len(files) - 50} ({during.error or 'no error'})"
+    )
 
     # Mains returns: the unit boots and the router resumes on its own spool.
     write_state(ups, mains=True, charge=40)
