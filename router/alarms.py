@@ -33,7 +33,7 @@ class Alarms:
             current = self._active.get(code)
             if current is None:
                 self._active[code] = Alarm(code, message, time.time())
-                log.error("ALARM %s: %s", code, message)
+                log.error("ALARM %s: %s", code, message, extra={"message_id": "alarm"})
             else:
                 self._active[code] = Alarm(code, message, current.raised_at, current.count + 1)
 
@@ -41,7 +41,7 @@ class Alarms:
         """Clear an alarm when its condition has gone."""
         with self._lock:
             if self._active.pop(code, None) is not None:
-                log.info("alarm %s cleared", code)
+                log.info("alarm %s cleared", code, extra={"message_id": "alarm-cleared"})
 
     def active(self) -> list[Alarm]:
         """The active alarms, oldest first."""

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
-import threading
 from datetime import datetime
 from pathlib import Path
 
@@ -20,6 +20,7 @@ EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_UNREACHABLE = 69
 EXIT_CONFIG = 78
+EXIT_UPS_STOP = 75
 
 
 def _config(path: Path | None) -> Config:
@@ -27,6 +28,14 @@ def _config(path: Path | None) -> Config:
 
 
 def _setup_logging(level: str) -> None:
+    from router.health.journald import JournaldHandler, use_journald
+
+    if use_journald():
+        # Under systemd: native journal records with stable MESSAGE_IDs and priorities.
+        handler: logging.Handler = JournaldHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logging.basicConfig(level=level.upper(), handlers=[handler])
+        return
     logging.basicConfig(
         level=level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -40,10 +49,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = _config(args.config)
     _setup_logging(config.logging.level)
     router = Router(config)
-    router.start()
-    stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+        signal.signal(sig, lambda *_: router.request_stop("signal"))
+    router.start()
     ingest = config.ingest
     print(
         f"waystation ready: unit {config.unit.name}, AE title {config.unit.ae_title}, "
@@ -58,9 +66,15 @@ def cmd_run(args: argparse.Namespace) -> int:
             "Check what is held:  waystation spool verify   (Ctrl-C stops the router)",
             flush=True,
         )
-    stop.wait()
+    router.stop_requested.wait()
     router.stop()
-    return EXIT_OK
+    runtime = os.environ.get("RUNTIME_DIRECTORY", "")
+    if router.stop_reason == "ups" and runtime:
+        # waystation-ups-poweroff.path powers the unit off; the HAT restarts it on mains.
+        (Path(runtime.split(":")[0]) / "poweroff").touch()
+    # A UPS stop is not a failure, but systemd must not restart the router on a dying battery
+    # (RestartPreventExitStatus=75 in waystation.service).
+    return EXIT_UPS_STOP if router.stop_reason == "ups" else EXIT_OK
 
 
 def cmd_config_check(args: argparse.Namespace) -> int:
@@ -178,8 +192,16 @@ def cmd_console(args: argparse.Namespace) -> int:
     """The technician's console. Imported lazily: the router itself never loads Textual."""
     from tui.main import run
 
-    socket = args.socket or _config(args.config).control_socket
-    return run(str(socket), relock_seconds=args.relock)
+    notice = args.setup_notice
+    if args.socket is None:
+        config = _config(args.config)
+        socket = config.control_socket
+        notice = notice or config.state_dir / "firstboot" / "notice.json"
+    else:
+        socket = args.socket
+    return run(
+        str(socket), relock_seconds=args.relock, setup_notice=notice, setup_inbox=args.setup_inbox
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -241,6 +263,18 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="lock again after this many seconds without a key press (default 120)",
     )
+    console.add_argument(
+        "--setup-notice",
+        type=Path,
+        metavar="FILE",
+        help="first boot's notice.json: its problems are shown while the router is not up",
+    )
+    console.add_argument(
+        "--setup-inbox",
+        type=Path,
+        metavar="DIR",
+        help="where the commissioning screen leaves its answers for the first-boot step",
+    )
     console.set_defaults(func=cmd_console)
 
     from router.control.commands import add_commands
@@ -248,6 +282,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_commands(sub)
     add_hub_parser(sub)
+    from appliance.cli import add_commands as add_appliance_commands
+
+    add_appliance_commands(sub)
     return parser
 
 

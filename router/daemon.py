@@ -9,6 +9,8 @@ import time
 from collections.abc import Sequence
 from datetime import datetime
 
+from hardware import leds
+from hardware.leds import Look
 from router.alarms import Alarms
 from router.config.model import Config, DimseDestination
 from router.config.rules import build_rules
@@ -23,6 +25,11 @@ from router.delivery.dimse import Timeouts
 from router.delivery.queue import DeliveryQueue
 from router.delivery.worker import DestinationWorker
 from router.errors import ControlSocketError
+from router.health.devices import build_leds, build_ups
+from router.health.liveness import Watched
+from router.health.metrics import MetricsServer
+from router.health.monitor import Monitor, MonitorInputs
+from router.health.notify import Notifier
 from router.ingest.scp import IngestServer
 from router.spool.recovery import RecoveryReport, recover
 from router.spool.retention import expire
@@ -38,9 +45,13 @@ _RETENTION_BATCH = 500  # router/spool/retention.py expire()'s default limit
 class Router:
     """One Waystation router: spool first, then recovery, then the receiver."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, *, notifier: Notifier | None = None) -> None:
         self.config = config
         self.alarms = Alarms()
+        self.notifier = notifier or Notifier()
+        # Set when the router must stop: a signal, or the UPS battery running low.
+        self.stop_requested = threading.Event()
+        self.stop_reason = ""
         self.spool = Spool(config.spool)
         # Why before ingest: nothing may be received until the journal and blobs agree.
         self.recovery: RecoveryReport = recover(self.spool)
@@ -101,6 +112,85 @@ class Router:
 
         self.started_at = time.time()
         self.control: ControlServer | None = None
+        self.metrics: MetricsServer | None = None
+        self.leds = build_leds(config)
+        self.monitor = Monitor(
+            config.appliance,
+            self.alarms,
+            MonitorInputs(
+                watched=self.watched,
+                summary=self.summary,
+                gauges=self._gauges,
+                latest_received=lambda: self.ingest.last_received_at,
+                on_low_battery=self._low_battery,
+                on_tick=self._show_on_leds,
+                spool_path=config.spool.path,
+            ),
+            notifier=self.notifier,
+            ups=build_ups(config),
+        )
+
+    def watched(self) -> list[Watched]:
+        """The threads the service watchdog depends on: ingest's accept loop (while it is
+        meant to accept), every delivery thread and the journal committer."""
+        found: list[Watched] = []
+        accept = self.ingest.accept_thread
+        if accept is not None and self.ingest.accepting:
+            found.append(Watched("ingest", accept, self.ingest.heartbeat))
+        for worker in self.workers.values():
+            for thread in worker.threads:
+                found.append(
+                    Watched(f"delivery {thread.name}", thread, worker.heartbeats[thread.name])
+                )
+        journal = self.spool.journal
+        found.append(Watched("journal committer", journal.committer, journal.heartbeat))
+        return found
+
+    def summary(self) -> str:
+        """One line for ``systemctl status``: counts only, never patient data."""
+        states = [w.status.state for w in self.workers.values()]
+        down = sum(s in ("down", "blocked") for s in states)
+        alarms = len(self.alarms.active())
+        return (
+            f"listening on {self.config.ingest.listen}; {self.ingest.stored} received since "
+            f"start; {len(states)} destinations, {down} down; {alarms} alarms"
+        )
+
+    def _gauges(self) -> dict[str, float]:
+        return {
+            "received_since_start": float(self.ingest.stored),
+            "spool_free_bytes": float(self.spool.free_bytes()),
+            "associations_active": float(self.ingest.active_associations()),
+            "uptime_seconds": time.time() - self.started_at,
+        }
+
+    def look(self) -> Look:
+        """What the status LEDs show: fault, attention, sending or all delivered."""
+        codes = {a.code for a in self.alarms.active()}
+        states = [w.status.state for w in self.workers.values()]
+        attention = sum(s in ("down", "blocked") for s in states) + ("on-battery" in codes)
+        busy = sum(s in ("sending", "waiting") for s in states)
+        return leds.look(
+            faults=len(codes - {"on-battery"}),
+            attention=attention,
+            waiting=busy + self.ingest.active_associations(),
+        )
+
+    def _show_on_leds(self) -> None:
+        if self.leds is not None:
+            self.leds.look = self.look()
+
+    def _low_battery(self) -> None:
+        # Transient refusal first, so nothing new starts; stop() then lets the objects in
+        # flight finish and flushes the journal before the process exits.
+        self.ingest.refuse_new_associations()
+        self.request_stop("ups")
+
+    def request_stop(self, reason: str) -> None:
+        """Ask the main thread to stop the router cleanly."""
+        if not self.stop_requested.is_set():
+            self.stop_reason = reason
+            self.stop_requested.set()
 
     def _plan(self, attributes: ObjectAttributes, source: Source) -> list[PlannedDelivery]:
         first = self.config.routing.mode == "first"
@@ -126,6 +216,7 @@ class Router:
             pins=PinStore(self.config.pin_file),
             readers=ReaderPool(self.spool),
             started_at=self.started_at,
+            health=lambda: self.monitor.checks,
         )
         socket_path = self.config.control_socket
         try:
@@ -151,6 +242,20 @@ class Router:
         self._health.start()
         if self.control is not None:
             self.control.start()
+        if self.leds is not None:
+            self.leds.start()
+        self.monitor.start()
+        listen = self.config.appliance.metrics_listen
+        if listen is not None:
+            try:
+                self.metrics = MetricsServer(listen, lambda: self.monitor.metrics_text)
+                self.metrics.start()
+            except OSError as exc:  # metrics are a convenience: never stop the router
+                log.error("cannot serve metrics on %s: %s", listen, exc)
+        # Why here: recovery finished in __init__ and ingest listens now; systemd starts the
+        # units ordered after this one only when this is said.
+        self.notifier.ready(self.summary())
+        log.info("ready: %s", self.summary(), extra={"message_id": "ready"})
         # Why: pydicom's and pynetdicom's dictionaries are hundreds of thousands of objects that
         # live as long as the process; each full garbage collection walked them all (~30 ms of
         # CPU at random moments, in whichever thread allocated). Frozen, they are skipped.
@@ -159,6 +264,13 @@ class Router:
     def stop(self, grace: float = 30.0) -> None:
         """Refuse new associations, let ongoing ones finish for up to ``grace`` seconds, stop."""
         self._stopping.set()
+        self.notifier.stopping(f"stopping ({self.stop_reason or 'asked to'})")
+        log.info("stopping (%s)", self.stop_reason or "asked to", extra={"message_id": "stopping"})
+        self.monitor.stop()
+        if self.leds is not None:
+            self.leds.stop()
+        if self.metrics is not None:
+            self.metrics.stop()
         if self.control is not None:
             self.control.stop()  # removes the socket: clients see "not running" at once
             self.control.ctx.readers.close()

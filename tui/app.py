@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from datetime import tzinfo
+from pathlib import Path
 from typing import Any, ClassVar
 
 from textual import events, work
@@ -25,11 +26,13 @@ from tui.glyphs import ConsoleScrollBarRender
 from tui.screens.alarms import AlarmsScreen
 from tui.screens.audit import AuditScreen
 from tui.screens.base import ConsoleScreen
+from tui.screens.commissioning import CommissioningScreen
 from tui.screens.destinations import DestinationsScreen
 from tui.screens.dialogs import PinAnswer, PinScreen
 from tui.screens.help import HelpScreen
 from tui.screens.overview import OverviewScreen
 from tui.screens.studies import StudiesScreen
+from tui.setup_notice import read_notice
 from tui.source import ControlError, ControlSource, ControlUnreachable
 from tui.widgets.topbar import TopBar
 from tui.widgets.unreachable import UnreachablePanel
@@ -75,6 +78,7 @@ class ConsoleApp(App[None]):
         Binding("u", "unlock", "Unlock", key_display="u"),
         Binding("u", "lock", "Lock", key_display="u"),
         Binding("q", "quit", "Quit", key_display="q"),
+        Binding("c", "commission", "Set up", show=False),
     ]
 
     def __init__(
@@ -86,9 +90,13 @@ class ConsoleApp(App[None]):
         tz: tzinfo | None = None,
         refresh_seconds: float = 2.0,
         relock_seconds: float = 120.0,
+        setup_notice: Path | None = None,
+        setup_inbox: Path | None = None,
     ) -> None:
         super().__init__()
         self.source = source
+        self.setup_notice = setup_notice
+        self.setup_inbox = setup_inbox
         self.socket_label = socket_label
         self.clock = clock
         self.tz = tz
@@ -185,7 +193,23 @@ class ConsoleApp(App[None]):
                     now,
                     self.socket_label,
                     refused=self.lost_refused,
+                    setup_problems=read_notice(self.setup_notice),
+                    can_set_up=self.setup_inbox is not None,
                 )
+
+    def action_commission(self) -> None:
+        """The commissioning screen: only while the unit is not set up and can take answers."""
+        if self.setup_inbox is None or self.lost_reason is None:
+            return
+        if read_notice(self.setup_notice) is None:
+            return
+        inbox = self.setup_inbox
+
+        def done(handed_over: bool | None) -> None:
+            if handed_over:
+                self.notify("Answers handed to the unit; it checks them now.", timeout=10)
+
+        self.push_screen(CommissioningScreen(inbox), done)
 
     # -- keys, locking -------------------------------------------------------------------------
 

@@ -260,6 +260,47 @@ class ControlConfig(_Strict):
     pin_file: Path | None = None
 
 
+class ApplianceConfig(_Strict):
+    """The router as an appliance service: its watchdog, health checks, metrics and UPS."""
+
+    # A receiving, delivering or journal thread busy on one piece of work this long past that
+    # work's own deadline counts as hung: systemd's watchdog is no longer fed and restarts it.
+    stall_limit: Seconds = Field(default=600.0, ge=1, le=86_400)
+    # How often health (clock, link, storage, power) is looked at.
+    health_interval: Seconds = Field(default=5.0, ge=0.2, le=3600)
+    # Prometheus text for node_exporter's textfile collector (written atomically), if set.
+    metrics_file: Path | None = None
+    # An optional metrics endpoint, loopback only, e.g. "127.0.0.1:9105".
+    metrics_listen: str | None = None
+    # The board profile (hardware/profiles.toml): watchdog, RTC, cipher advice, LEDs.
+    board: Literal["auto", "pi4", "pi5", "x86"] = "auto"
+    # The UPS: none, a HAT (x728, waveshare) or "file": a state file another program writes.
+    ups: Literal["none", "x728", "waveshare", "file"] = "none"
+    ups_state_file: Path | None = None
+    # At or below this charge (percent) on battery: refuse new associations, finish, stop.
+    ups_low_battery: float = Field(default=20.0, ge=1, le=90)
+    # Blink the status LEDs on the board profile's GPIO lines (hardware/README.md).
+    status_led: bool = Field(default=False, strict=True)
+
+    @field_validator("metrics_listen")
+    @classmethod
+    def _metrics_listen(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        host, sep, port = value.rpartition(":")
+        if not sep or host not in ("127.0.0.1", "[::1]", "localhost") or not port.isdigit():
+            raise ValueError(
+                f'{value!r}: the metrics endpoint listens on loopback only, e.g. "127.0.0.1:9105"'
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _ups_file(self) -> ApplianceConfig:
+        if self.ups == "file" and self.ups_state_file is None:
+            raise ValueError('ups = "file" needs ups_state_file')
+        return self
+
+
 Priority = Literal["stat", "urgent", "routine", "bulk"]
 
 
@@ -377,6 +418,7 @@ class Config(_Strict):
     routing: RoutingConfig = Field(default_factory=RoutingConfig)
     delivery: DeliveryConfig = Field(default_factory=DeliveryConfig)
     control: ControlConfig = Field(default_factory=ControlConfig)
+    appliance: ApplianceConfig = Field(default_factory=ApplianceConfig)
     destinations: list[Destination] = Field(default_factory=list)
     routes: list[Route] = Field(default_factory=list)
     # Only for `waystation hub`: the hub service's own settings.
@@ -398,6 +440,13 @@ class Config(_Strict):
                 else None,
             }
         )
+        appliance = self.appliance.model_copy(
+            update={
+                name: (base / value).resolve()
+                for name in ("metrics_file", "ups_state_file")
+                if (value := getattr(self.appliance, name)) is not None
+            }
+        )
         destinations = [_resolve_destination(d, base) for d in self.destinations]
         hub = self.hub
         if hub is not None:
@@ -408,7 +457,13 @@ class Config(_Strict):
                 }
             )
         return self.model_copy(
-            update={"spool": spool, "control": control, "destinations": destinations, "hub": hub}
+            update={
+                "spool": spool,
+                "control": control,
+                "appliance": appliance,
+                "destinations": destinations,
+                "hub": hub,
+            }
         )
 
     @property

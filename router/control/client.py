@@ -71,7 +71,7 @@ class _UnixConnection(http.client.HTTPConnection):
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(self.timeout)
         try:
-            with _address(self._path) as address:
+            with unix_address(self._path) as address:
                 sock.connect(address)
         except BaseException:
             sock.close()
@@ -80,7 +80,8 @@ class _UnixConnection(http.client.HTTPConnection):
 
 
 @contextlib.contextmanager
-def _address(path: Path) -> Iterator[str]:
+def unix_address(path: Path) -> Iterator[str]:
+    """An address for ``path`` that fits in sun_path (the server binds through it too)."""
     # sun_path holds 108 bytes; a longer path is reached through its directory's descriptor.
     if len(os.fsencode(path)) <= _SUN_PATH_MAX:
         yield str(path)

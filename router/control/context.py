@@ -10,7 +10,7 @@ import contextlib
 import queue
 import sqlite3
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from router.alarms import Alarms
@@ -18,6 +18,7 @@ from router.config.model import Config
 from router.control.auth import PinStore
 from router.delivery.queue import DeliveryQueue
 from router.delivery.worker import DestinationWorker
+from router.health.checks import Check
 from router.spool.spool import Spool
 
 
@@ -71,3 +72,5 @@ class ControlContext:
     pins: PinStore
     readers: ReaderPool
     started_at: float = field(default_factory=time.time)
+    # The health monitor's latest checks (clock, link, storage, power, liveness).
+    health: Callable[[], Sequence[Check]] = tuple

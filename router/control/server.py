@@ -27,6 +27,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from pydantic import BaseModel, TypeAdapter
 
 from router.control.auth import group_id, is_operator, peer_of
+from router.control.client import unix_address
 from router.control.context import ControlContext
 from router.control.failures import ApiFailure
 from router.control.routes import Request, dispatch
@@ -35,8 +36,6 @@ from router.control.schema import API_PREFIX, ApiError
 log = logging.getLogger("waystation.control")
 
 _MAX_BODY = 64 * 1024
-# sun_path holds 108 bytes; longer paths are reached through /proc/self/fd/<dir>/<name>.
-_SUN_PATH_MAX = 100
 
 
 class SocketInUse(OSError):
@@ -149,7 +148,7 @@ class ControlServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
         self._thread: threading.Thread | None = None
         _clear_stale(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        with _short(path) as address:
+        with unix_address(path) as address:
             super().__init__(address, _Handler)
         _restrict(path, ctx.config.control.operators_group)
 
@@ -170,19 +169,6 @@ class ControlServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
         log.warning("control API connection failed", exc_info=True)
 
 
-@contextlib.contextmanager
-def _short(path: Path) -> Any:
-    """An address for ``path`` that fits in sun_path."""
-    if len(os.fsencode(path)) <= _SUN_PATH_MAX:
-        yield str(path)
-        return
-    fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        yield f"/proc/self/fd/{fd}/{path.name}"
-    finally:
-        os.close(fd)
-
-
 def _clear_stale(path: Path) -> None:
     """Remove a socket left by a router that did not stop cleanly; refuse to take over the
     socket of one that is still running."""
@@ -194,7 +180,7 @@ def _clear_stale(path: Path) -> None:
         raise OSError(f"{path} exists and is not a socket; not replacing it")
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        with _short(path) as address:
+        with unix_address(path) as address:
             probe.connect(address)
     except OSError:
         path.unlink()

@@ -249,7 +249,8 @@ def status(ctx: ControlContext, conn: sqlite3.Connection) -> UnitStatus:
                 state=spool_state,
                 detail=f"{spool.free_bytes // 1024**2} MiB free"
                 + (f", about {spool.days_left:g} days left" if spool.days_left else ""),
-            )
+            ),
+            *(HealthItem(name=c.name, state=c.state, detail=c.detail) for c in ctx.health()),
         ],
         alarms=alarms,
         destinations=views,

@@ -13,6 +13,7 @@ from router.core.retry import BackoffPolicy, Classification, Outcome, classify
 from router.delivery.dimse import DimseSender, Timeouts
 from router.delivery.hub_sender import HubSender
 from router.delivery.queue import Claimed, DeliveryQueue
+from router.health.liveness import Heartbeat
 from router.spool.spool import Spool
 
 log = logging.getLogger("waystation.delivery")
@@ -90,6 +91,16 @@ class DestinationWorker:
             threading.Thread(target=self._run, name=f"deliver-{destination.name}-{i}", daemon=True)
             for i in range(max(1, threads))
         ]
+        # The service watchdog checks them: one per thread, keyed by thread name.
+        self.heartbeats = {thread.name: Heartbeat() for thread in self._threads}
+
+    @property
+    def threads(self) -> list[threading.Thread]:
+        """The worker's threads (for the service watchdog)."""
+        return list(self._threads)
+
+    def _heartbeat(self) -> Heartbeat:
+        return self.heartbeats.get(threading.current_thread().name) or Heartbeat()
 
     def start(self) -> None:
         """Start the worker thread(s)."""
@@ -129,6 +140,7 @@ class DestinationWorker:
             )
         try:
             while not self._stop.is_set():
+                self._heartbeat().working()
                 try:
                     self._step(sender)
                 except Exception:  # contained: a worker must never die
@@ -161,6 +173,7 @@ class DestinationWorker:
             return
         self._set("sending", "")
         for index, claimed in enumerate(batch):
+            self._heartbeat().working()  # one object answered: progress
             if self._stop.is_set():
                 self.queue.release(name, batch[index:], time.time())
                 return
@@ -231,6 +244,9 @@ class DestinationWorker:
             outcome = sender.send(held, claimed.priority)
         else:
             sop_class, syntax = self._context_of(held.id)
+            # The send has its own deadline: the watchdog allows it before calling it a hang.
+            allowance = self.timeouts.connect + self.timeouts.response(held.size)
+            self._heartbeat().working(allowance)
             outcome = sender.send(held, sop_class, syntax, _DICOM_PRIORITY[claimed.priority])
         verdict = classify(
             outcome,
@@ -298,5 +314,8 @@ class DestinationWorker:
             self.status.next_retry_at = next_retry_at
 
     def _sleep(self, seconds: float) -> None:
+        beat = self._heartbeat()
+        beat.waiting()
         self._wake.wait(timeout=max(0.0, seconds))
         self._wake.clear()
+        beat.working()

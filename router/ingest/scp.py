@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 from router.config.model import IngestConfig
 from router.core.objects import ObjectAttributes, PlannedDelivery, Source
 from router.errors import ListenError
+from router.health.liveness import Heartbeat
 from router.ingest import pynetdicom_setup
 from router.ingest.association import IncomingAssociation, Limits, ReportSink, Slots
 from router.ingest.store import AlarmSink, ObjectStore, Planner
@@ -84,6 +85,8 @@ class IngestServer:
         self._lock = threading.Lock()
         self._connections: dict[int, socket.socket] = {}
         self._slots = Slots(config.max_associations)
+        # The service watchdog checks it: the accept loop turns every poll interval.
+        self.heartbeat = Heartbeat()
 
     @property
     def stored(self) -> int:
@@ -131,6 +134,16 @@ class IngestServer:
         with self._lock:
             return len(self._connections)
 
+    @property
+    def accept_thread(self) -> threading.Thread | None:
+        """The accept loop's thread, once started (for the service watchdog)."""
+        return self._thread
+
+    @property
+    def accepting(self) -> bool:
+        """Whether new associations are accepted."""
+        return self._accepting.is_set()
+
     def refuse_new_associations(self) -> None:
         """Stop accepting connections; ongoing associations finish."""
         self._accepting.clear()
@@ -154,6 +167,7 @@ class IngestServer:
     def _accept_loop(self) -> None:
         assert self._listener is not None
         while self._accepting.is_set():
+            self.heartbeat.working()
             try:
                 sock, address = self._listener.accept()
             except TimeoutError:

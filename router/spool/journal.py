@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from router.errors import StorageFault, StorageFull
+from router.health.liveness import Heartbeat
 from router.spool.fsio import fsync_dir
 from router.spool.schema import (
     MIGRATE_2_TO_3,
@@ -120,8 +121,15 @@ class Journal:
         self._lock = threading.Lock()
         self.stats = JournalStats()
         self._failed: StorageFault | None = None
+        # The service watchdog checks it: waiting on the queue is fine, hanging in a commit not.
+        self.heartbeat = Heartbeat()
         self._thread = threading.Thread(target=self._run, name="journal-committer", daemon=True)
         self._thread.start()
+
+    @property
+    def committer(self) -> threading.Thread:
+        """The committer thread (for the service watchdog)."""
+        return self._thread
 
     def submit(self, txn: Transaction, dirs: Iterable[Path] = ()) -> Future[Any]:
         """Queue ``txn`` to run inside a durable commit, after fsyncing ``dirs``.
@@ -150,7 +158,9 @@ class Journal:
 
     def _run(self) -> None:
         while True:
+            self.heartbeat.waiting()
             first = self._queue.get()
+            self.heartbeat.working()
             if first is None:
                 return
             batch = [first]

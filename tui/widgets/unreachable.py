@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from textual.widgets import Static
 
+from tui.setup_notice import setup_text
 from tui.text import ago
 
 WHAT_TO_DO = """\
@@ -30,9 +31,14 @@ class UnreachablePanel(Static):
         socket: str,
         *,
         refused: bool = False,
+        setup_problems: list[str] | None = None,
+        can_set_up: bool = False,
     ) -> None:
         """Redraw with the latest error and when the service last answered. ``refused``: the
         service answers but will not serve this login (not an operator)."""
+        if setup_problems is not None:
+            self.update(setup_text(setup_problems, can_set_up=can_set_up))
+            return
         if refused:
             self.update(
                 "!! THIS LOGIN MAY NOT USE THE ROUTER SERVICE !!\n\n"
