@@ -145,6 +145,8 @@ def _start_storescp(link: WanLink, out: Path) -> subprocess.Popen[bytes]:
     deadline = time.monotonic() + 30
     while not _listening(proc.pid, DEST_PORT):
         if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()  # never leave it behind: it would outlive the namespace's deletion
+            proc.wait(10)
             raise BenchError(f"storescp did not start in the link's namespace (see {log.name})")
         time.sleep(0.02)
     return proc
