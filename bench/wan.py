@@ -41,7 +41,7 @@ from bench import measure
 from bench.delivery_peers import ArrivalWatcher, check_arrived, digests
 from bench.measure import BenchError
 from tests.support import dicomgen
-from tests.support.peers import listening_sockets, require
+from tests.support.peers import require
 from tests.support.router_proc import RouterProcess, write_config
 from tests.support.wanlink import LinkProfile, WanLink, link_unavailable_reason
 
@@ -143,11 +143,26 @@ def _start_storescp(link: WanLink, out: Path) -> subprocess.Popen[bytes]:
         stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip
     deadline = time.monotonic() + 30
-    while DEST_PORT not in {port for _, port in listening_sockets(proc.pid)}:
+    while not _listening(proc.pid, DEST_PORT):
         if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()  # never leave it behind: it would outlive the namespace's deletion
+            proc.wait(10)
             raise BenchError(f"storescp did not start in the link's namespace (see {log.name})")
         time.sleep(0.02)
     return proc
+
+
+def _listening(pid: int, port: int) -> bool:
+    """Whether the network namespace of ``pid`` has a TCP socket listening on ``port``."""
+    try:
+        table = Path(f"/proc/{pid}/net/tcp").read_text().splitlines()[1:]
+    except OSError:
+        return False
+    for line in table:
+        fields = line.split()
+        if fields[3] == "0A" and int(fields[1].rpartition(":")[2], 16) == port:
+            return True
+    return False
 
 
 def cstore_sender(link: WanLink, workload: Workload, workdir: Path) -> float:
@@ -243,11 +258,15 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> WanResults:
     )
     results.environment = {
         "machine": f"{measure.cpu_model()}, load {measure.load_average()}",
-        "kernel TCP": _sysctl("net.ipv4.tcp_congestion_control") + " by default; raw TCP "
-        "runs set CUBIC or BBR per socket",
         "source": measure.source_revision(REPO),
-        "peers": measure.dcmtk_version(),
+        "peers": f"DCMTK {measure.dcmtk_version()} (storescu, storescp)",
     }
+    with WanLink(PROFILES["A"].link()) as link:
+        read = link.run("a", ["cat", "/proc/sys/net/ipv4/tcp_congestion_control"])
+    results.environment["congestion control"] = (
+        f"{read.stdout.strip() or 'unknown'} (the namespaces' default, so the router's C-STORE "
+        "uses it); raw TCP sets CUBIC or BBR per socket"
+    )
     _log("measuring the envelope on 16 CT slices")
     results.envelope = measure_envelope(ct_files(16))
     for key in args.profiles:
@@ -275,11 +294,6 @@ def _workroot() -> Path:
     return root
 
 
-def _sysctl(name: str) -> str:
-    path = Path("/proc/sys") / name.replace(".", "/")
-    return path.read_text().strip() if path.exists() else "unknown"
-
-
 def render(results: WanResults) -> str:
     """The Markdown section."""
     env = results.envelope
@@ -303,7 +317,12 @@ def render(results: WanResults) -> str:
         "checked byte for byte.",
         "- Raw TCP: the same number of bytes over one connection, timed from connect to the "
         "receiver's acknowledgement of the last byte: the ceiling for one stream.",
-        "- Goodput = bytes of DICOM files x 8 / seconds, as a share of the link's rate.",
+        "- Goodput = bytes of DICOM files x 8 / seconds, as a share of the link's rate. The "
+        "transfers are short (a few MB, so a run takes minutes): slow start and the first "
+        "losses weigh heavily, and one seeded run is noisy - the shares are lower than a long "
+        "transfer would reach.",
+        "- C-STORE: one association (the destination's default), the router's sockets with "
+        "the kernel's default congestion control (below).",
         "",
         "### Environment",
         "",
