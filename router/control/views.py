@@ -15,6 +15,7 @@ from datetime import datetime
 from typing import Literal, cast
 
 from router import __version__
+from router.control.certificates import certificate_health
 from router.control.context import ControlContext
 from router.control.schema import (
     AlarmView,
@@ -220,7 +221,8 @@ def status(ctx: ControlContext, conn: sqlite3.Connection) -> UnitStatus:
                 state=spool_state,
                 detail=f"{spool.free_bytes // 1024**2} MiB free"
                 + (f", about {spool.days_left:g} days left" if spool.days_left else ""),
-            )
+            ),
+            *certificate_health(ctx.config),
         ],
         alarms=alarms,
         destinations=views,

@@ -100,13 +100,7 @@ def negotiate(
     elif busy:
         reject = REJECT_BUSY
     if reject is not None:
-        return Negotiated(
-            answer=_rejection(reject),
-            accepted=False,
-            calling_ae=calling,
-            called_ae=called,
-            reject=reject,
-        )
+        return rejection(reject, calling, called)
 
     roles = {
         item.sop_class_uid: (item.scu_role, item.scp_role)
@@ -156,6 +150,17 @@ def _check_contexts(proposed: Sequence[PresentationContext]) -> None:
         seen.add(context_id)
         if not context.transfer_syntax:
             raise ValueError(f"presentation context {context_id} offers no transfer syntax")
+
+
+def rejection(reason: tuple[int, int, int], calling_ae: str, called_ae: str) -> Negotiated:
+    """A refusal of the request with (result, source, reason)."""
+    return Negotiated(
+        answer=_rejection(reason),
+        accepted=False,
+        calling_ae=calling_ae,
+        called_ae=called_ae,
+        reject=reason,
+    )
 
 
 def _rejection(reason: tuple[int, int, int]) -> bytes:
