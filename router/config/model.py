@@ -67,7 +67,7 @@ class IngestTlsConfig(_Strict):
     # accepted only with one of its certificates; callers not listed are not bound.
     ae_certificates: dict[str, list[str]] = Field(default_factory=dict)
     # The health item warns this many days before the unit's certificate expires.
-    expiry_warning_days: int = Field(default=30, ge=1, le=365)
+    expiry_warning_days: int = Field(default=30, ge=1, le=3650)
 
     @model_validator(mode="after")
     def _client_verification_needs_ca(self) -> IngestTlsConfig:

@@ -40,7 +40,12 @@ from router.ingest.acceptor import (
     negotiate,
     rejection,
 )
-from router.ingest.store import STATUS_SUCCESS, STATUS_UNEXPECTED, ObjectStore
+from router.ingest.store import (
+    STATUS_OUT_OF_RESOURCES,
+    STATUS_SUCCESS,
+    STATUS_UNEXPECTED,
+    ObjectStore,
+)
 from router.ingest.wire import PeerClosed, PeerTimeout, Wire
 from router.spool.incoming import IncomingObject
 
@@ -80,6 +85,8 @@ class Limits:
     # Destinations admitted only to send Storage Commitment reports (when allowed_callers
     # restricts who may call): a C-STORE from them is refused.
     report_only: frozenset[str] = frozenset()
+    # Largest object accepted (bytes of data set; 0: no limit).
+    max_object_size: int = 0
 
 
 # Handles one Storage Commitment report: (calling AE, peer address, event type, event
@@ -97,6 +104,7 @@ class _Receiving:
     sink: IncomingObject | None = None
     report: bytearray | None = None
     refused: int | None = None
+    received: int = 0
 
 
 class Slots:
@@ -357,6 +365,19 @@ class IncomingAssociation:
             raise ProtocolViolation("data set fragment without a request", _UNEXPECTED_PDU)
         if context_id != receiving.context_id:
             raise ProtocolViolation("data set fragment on another presentation context")
+        receiving.received += size
+        limit = self.limits.max_object_size
+        if receiving.sink is not None and limit and receiving.received > limit:
+            # Too large: what arrived is discarded (never stored) and the rest is read and
+            # dropped, so the association stays usable; the answer is 0xA700.
+            log.warning(
+                "object from %s refused: larger than ingest.max_object_size (%d bytes)",
+                self.peer,
+                limit,
+            )
+            receiving.sink.discard()
+            receiving.sink = None
+            receiving.refused = STATUS_OUT_OF_RESOURCES
         if receiving.sink is not None:
             self.wire.stream(size, deadline, receiving.sink.write)
         elif receiving.report is not None:

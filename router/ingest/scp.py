@@ -73,6 +73,7 @@ class IngestServer:
             acse_timeout=config.acse_timeout,
             dimse_timeout=config.dimse_timeout,
             network_timeout=config.network_timeout,
+            max_object_size=config.max_object_size,
             # Destinations that may call only to report commitment results (when
             # allowed_callers restricts who may call at all).
             report_only=frozenset(set(report_callers) - set(config.allowed_callers))
