@@ -59,10 +59,21 @@ def read_attributes(
     try:
         # Buffered: pydicom reads element headers a few bytes at a time.
         dataset = _read_header(io.BufferedReader(stream, 64 * 1024))  # type: ignore[type-var]
+        # pydicom converts raw values lazily, so reading them can raise too (an unknown VR
+        # in the File Meta, say): inside the same containment.
+        return _attributes(dataset, command_sop_class, command_sop_instance, wanted_keywords)
     except UnreadableObject:
         raise
     except Exception as exc:  # pydicom raises many types on malformed input; contain them all
         raise UnreadableObject(f"{type(exc).__name__}: {exc}", type(exc).__name__) from None
+
+
+def _attributes(
+    dataset: Dataset,
+    command_sop_class: str,
+    command_sop_instance: str,
+    wanted_keywords: frozenset[str],
+) -> ObjectAttributes:
     meta = dataset.file_meta
     sop_instance = str(dataset.get("SOPInstanceUID", "") or command_sop_instance)
     phi: dict[str, str] = {}

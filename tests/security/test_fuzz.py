@@ -231,3 +231,13 @@ def test_control_api_answers_bad_requests_with_4xx(
     finally:
         connection.close()
     assert status < 500, f"{method} {url} -> {status}"
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_regression_unknown_vr_in_file_meta_is_unreadable() -> None:
+    # Found by `make fuzz`: (0002,0002) with VR "U\0" raised NotImplementedError when the
+    # File Meta was read after parsing, outside the containment (0xC211 instead of 0xC210).
+    data = PART10.replace(b"\x02\x00\x02\x00UI", b"\x02\x00\x02\x00U\x00", 1)
+    assert data != PART10
+    with pytest.raises(UnreadableObject):
+        read_attributes(io.BytesIO(data), command_sop_class=CT, command_sop_instance="1.2.3.4.5")
