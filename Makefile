@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # Debian packages the tests and benchmarks drive as real peers.
 DEB_PACKAGES := dcmtk orthanc fuse3 libfuse3-3 tmux python3-venv systemd iproute2
 
-.PHONY: run test lint unit deps deps-run apt-install venv bench bench-wan soak clean console-screenshots
+.PHONY: run test lint unit deps deps-run apt-install venv bench bench-wan soak clean console-screenshots fuzz
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -55,6 +55,10 @@ unit: $(STAMP)
 soak: deps $(STAMP)
 	WAYSTATION_SOAK=1 $(PY) -m pytest -q -s tests/crash/test_powerloss.py tests/crash/test_kill9.py \
 	  tests/crash/test_delivery_crash.py
+
+## Long property-based fuzzing of every parser of untrusted input (CI runs a short profile).
+fuzz: deps $(STAMP)
+	HYPOTHESIS_PROFILE=fuzz $(PY) -m pytest -q tests/security/test_fuzz.py
 
 ## Benchmarks against DCMTK and Orthanc in the same run; writes docs/benchmarks.md.
 bench: deps $(STAMP)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, TypeVar
 
 from pydantic import (
     AfterValidator,
@@ -53,12 +53,83 @@ class UnitConfig(_Strict):
     ae_title: AETitle = "WAYSTATION"
 
 
+class IngestTlsConfig(_Strict):
+    """DICOM TLS on the receiver (PS3.15 BCP 195: TLS 1.2 minimum, 1.3 preferred).
+
+    When present, the listen port speaks only TLS; a plaintext caller is refused."""
+
+    cert: Path
+    key: Path
+    # CA certificates that sign callers' certificates (needed to verify them).
+    ca: Path | None = None
+    require_client_cert: bool = Field(default=False, strict=True)
+    # Calling AE title -> the certificates it may use: each entry is a subject common name
+    # ("CN=CT1") or a SHA-256 fingerprint ("sha256:ab12..."). An AE title listed here is
+    # accepted only with one of its certificates; callers not listed are not bound.
+    ae_certificates: dict[str, list[str]] = Field(default_factory=dict)
+    # The health item warns this many days before the unit's certificate expires.
+    expiry_warning_days: int = Field(default=30, ge=1, le=3650)
+
+    @model_validator(mode="after")
+    def _client_verification_needs_ca(self) -> IngestTlsConfig:
+        if (self.require_client_cert or self.ae_certificates) and self.ca is None:
+            raise ValueError(
+                "require_client_cert and ae_certificates need ca (the CA file that signs "
+                "callers' certificates)"
+            )
+        for ae, identities in self.ae_certificates.items():
+            _check_ae_title(ae)
+            for identity in identities:
+                if not (identity.startswith("CN=") or identity.startswith("sha256:")):
+                    raise ValueError(
+                        f'ae_certificates.{ae}: {identity!r} is neither "CN=name" '
+                        'nor "sha256:<fingerprint>"'
+                    )
+        return self
+
+
+class DestinationTlsConfig(_Strict):
+    """DICOM TLS to a DIMSE destination. The destination's certificate is verified against
+    ``ca`` (or the system's CAs) and its name against ``server_name`` (default: host)."""
+
+    ca: Path | None = None
+    cert: Path | None = None
+    key: Path | None = None
+    server_name: str | None = None
+    # Turning verification off allows a man in the middle; it exists for test set-ups only.
+    verify: bool = Field(default=True, strict=True)
+
+    @model_validator(mode="after")
+    def _cert_and_key_together(self) -> DestinationTlsConfig:
+        if (self.cert is None) != (self.key is None):
+            raise ValueError("cert and key go together (the unit's client certificate)")
+        return self
+
+
+_Files = TypeVar("_Files", bound=BaseModel)
+
+
+def _resolve_files(settings: _Files, base: Path, names: tuple[str, ...]) -> _Files:
+    """A copy of ``settings`` whose path fields ``names`` are absolute against ``base``."""
+    update = {
+        name: (base / value).resolve()
+        for name in names
+        if (value := getattr(settings, name)) is not None
+    }
+    return settings.model_copy(update=update)
+
+
 class IngestConfig(_Strict):
     """The C-STORE/C-ECHO receiver the modalities send to."""
 
     listen: str = "127.0.0.1:11112"
     allowed_callers: list[AETitle] = Field(default_factory=list)
     max_associations: int = Field(default=16, ge=1, le=256)
+    # Associations one caller address may hold at once (0: only max_associations applies).
+    max_associations_per_peer: int = Field(default=0, ge=0, le=256)
+    # Largest object accepted; a larger one is read and dropped, answered 0xA700 (0: none).
+    max_object_size: ByteSize = Field(default=0, ge=0)
+    tls: IngestTlsConfig | None = None
     max_pdu: int = Field(default=262_144, ge=0, le=16_777_216)
     acse_timeout: float = Field(default=30.0, gt=0, le=3600)
     dimse_timeout: float = Field(default=120.0, gt=0, le=86_400)
@@ -156,6 +227,7 @@ class DimseDestination(_Strict):
     # Concurrent associations to this destination (each sends the queue in priority order).
     associations: int = Field(default=1, ge=1, le=8)
     changes: TagChanges = Field(default_factory=TagChanges)
+    tls: DestinationTlsConfig | None = None
     # Count an object delivered only once the destination commits to keeping it (Storage
     # Commitment Push Model); until then it stays "committing" and is never deleted.
     storage_commitment: bool = Field(default=False, strict=True)  # true or false, not "yes"
@@ -456,6 +528,11 @@ class Config(_Strict):
                     "tls_key": (base / hub.tls_key).resolve() if hub.tls_key else None,
                 }
             )
+        ingest = self.ingest
+        if ingest.tls is not None:
+            ingest = ingest.model_copy(
+                update={"tls": _resolve_files(ingest.tls, base, ("cert", "key", "ca"))}
+            )
         return self.model_copy(
             update={
                 "spool": spool,
@@ -463,6 +540,7 @@ class Config(_Strict):
                 "appliance": appliance,
                 "destinations": destinations,
                 "hub": hub,
+                "ingest": ingest,
             }
         )
 
@@ -486,7 +564,10 @@ def _resolve_destination(
     destination: DimseDestination | HubDestination, base: Path
 ) -> DimseDestination | HubDestination:
     if not isinstance(destination, HubDestination):
-        return destination
+        if destination.tls is None:
+            return destination
+        tls = _resolve_files(destination.tls, base, ("ca", "cert", "key"))
+        return destination.model_copy(update={"tls": tls})
     update: dict[str, Path | None] = {"token_file": (base / destination.token_file).resolve()}
     if destination.ca_file is not None:
         update["ca_file"] = (base / destination.ca_file).resolve()

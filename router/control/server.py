@@ -108,7 +108,10 @@ class _Handler(BaseHTTPRequestHandler):
             return 500, error
 
     def _body(self) -> bytes:
-        length = int(self.headers.get("Content-Length") or 0)
+        declared = (self.headers.get("Content-Length") or "0").strip()
+        if not declared.isdigit() or not declared.isascii():
+            raise ApiFailure(400, "bad-request", "Content-Length is not a length")
+        length = int(declared)
         if length > _MAX_BODY:
             raise ApiFailure(413, "too-large", "the request body is too large")
         return self.rfile.read(length) if length else b""

@@ -16,6 +16,7 @@ from typing import Literal, cast
 
 from router import __version__
 from router.config.model import HubDestination
+from router.control.certificates import certificate_health
 from router.control.context import ControlContext
 from router.control.schema import (
     AlarmView,
@@ -251,6 +252,7 @@ def status(ctx: ControlContext, conn: sqlite3.Connection) -> UnitStatus:
                 + (f", about {spool.days_left:g} days left" if spool.days_left else ""),
             ),
             *(HealthItem(name=c.name, state=c.state, detail=c.detail) for c in ctx.health()),
+            *certificate_health(ctx.config),
         ],
         alarms=alarms,
         destinations=views,

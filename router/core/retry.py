@@ -66,6 +66,10 @@ def classify(outcome: Outcome, *, destination: str, unit_ae: str, dest_ae: str) 
         return _classify_status(int(outcome.status or 0), name)
     if kind == "refused":
         return Classification("transient", f"{name} is not accepting connections (refused).")
+    if kind == "unreachable" and (outcome.detail or "").startswith("TLS "):
+        # A certificate or protocol mismatch: retried (nothing is dropped), but the reason
+        # says what to fix, e.g. "TLS certificate not trusted: ...".
+        return Classification("transient", f"{name}: {outcome.detail}.")
     if kind == "unreachable":
         return Classification("transient", f"{name} cannot be reached on the network.")
     if kind == "aborted":

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import logging
+import ssl
 import time
 from dataclasses import dataclass
 
@@ -24,10 +25,10 @@ from pydicom.uid import (
 )
 from pynetdicom.dsutils import encode
 
-from router.config.model import DimseDestination
+from router.config.model import DestinationTlsConfig, DimseDestination
 from router.core.retry import Outcome
 from router.delivery.changes import apply_changes
-from router.dicom import association, commands
+from router.dicom import association, commands, tls
 from router.dicom.association import Association
 from router.dicom.errors import (
     AssociationRejected,
@@ -255,9 +256,19 @@ def open_association(
     listens), "unreachable" (no connection, or it listens yet the association failed),
     "rejected" (A-ASSOCIATE-RJ, with result, source and reason)."""
     try:
-        sock = association.connect(destination.host, destination.port, timeouts.connect)
+        sock = association.connect(
+            destination.host,
+            destination.port,
+            timeouts.connect,
+            tls=tls_context(destination),
+            server_name=destination.tls.server_name if destination.tls else None,
+        )
     except ConnectionRefusedError:
         return Outcome("refused")
+    except ssl.SSLCertVerificationError as exc:
+        return Outcome("unreachable", detail=f"TLS certificate not trusted: {exc.verify_message}")
+    except ssl.SSLError as exc:
+        return Outcome("unreachable", detail=f"TLS handshake failed: {exc.reason}")
     except OSError as exc:
         return Outcome("unreachable", detail=type(exc).__name__)
     try:
@@ -272,6 +283,24 @@ def open_association(
         return Outcome("rejected", result=exc.result, source=exc.source, reason=exc.reason)
     except (DicomNetError, OSError, ValueError) as exc:
         return Outcome("unreachable", detail=type(exc).__name__)
+
+
+_tls_contexts: dict[DestinationTlsConfig, ssl.SSLContext] = {}
+
+
+def tls_context(destination: DimseDestination) -> ssl.SSLContext | None:
+    """The destination's TLS client context (built once per configuration), or None for
+    plain TCP. Raises OSError or ssl.SSLError when its files cannot be loaded."""
+    if destination.tls is None:
+        return None
+    settings = destination.tls
+    context = _tls_contexts.get(settings)
+    if context is None:
+        context = tls.client_context(
+            settings.ca, settings.cert, settings.key, verify=settings.verify
+        )
+        _tls_contexts[settings] = context
+    return context
 
 
 @dataclass(frozen=True)

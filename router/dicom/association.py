@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import select
 import socket
+import ssl
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -312,14 +313,30 @@ def _abort_fields(received: pdu.Pdu) -> tuple[int, int]:
 # -- the requestor -----------------------------------------------------------------------------
 
 
-def connect(host: str, port: int, timeout: float) -> socket.socket:
+def connect(
+    host: str,
+    port: int,
+    timeout: float,
+    *,
+    tls: ssl.SSLContext | None = None,
+    server_name: str | None = None,
+) -> socket.socket:
     """A TCP connection with TCP_NODELAY: without it, Nagle's algorithm and the peer's
-    delayed ACK cost ~40 ms per message (PERFORMANCE.md, gotchas 1 and 2).
+    delayed ACK cost ~40 ms per message (PERFORMANCE.md, gotchas 1 and 2). With ``tls``
+    the TLS handshake is done here, within ``timeout``, checking the server's certificate
+    against ``server_name`` (default ``host``) when the context verifies names.
 
-    Raises OSError (ConnectionRefusedError, TimeoutError, ...) when there is no connection."""
+    Raises OSError (ConnectionRefusedError, TimeoutError, ssl.SSLError ...) when there is no
+    connection."""
     sock = socket.create_connection((host, port), timeout=timeout)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    return sock
+    if tls is None:
+        return sock
+    try:
+        return tls.wrap_socket(sock, server_hostname=server_name or host)
+    except BaseException:
+        sock.close()
+        raise
 
 
 def request(

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import socket
+import ssl
 import struct
 import time
 from collections.abc import Sequence
@@ -120,6 +121,16 @@ def send_buffers(sock: socket.socket, buffers: Sequence[Buffer], deadline: float
     A send may be partial (a slow peer, a full socket buffer): the rest is sent from where it
     stopped, without joining the buffers into one."""
     views = [memoryview(b) for b in buffers]
+    if isinstance(sock, ssl.SSLSocket):  # TLS has no sendmsg: one record per joined group
+        for start in range(0, len(views), IOV_LIMIT):
+            _set_timeout(sock, deadline)
+            try:
+                sock.sendall(b"".join(views[start : start + IOV_LIMIT]))
+            except TimeoutError:
+                raise NetworkTimeout("the peer took no data in time") from None
+            except OSError as exc:
+                raise ConnectionClosed(f"connection broken: {type(exc).__name__}") from exc
+        return
     index = 0
     while index < len(views):
         _set_timeout(sock, deadline)

@@ -34,6 +34,7 @@ _MAX_CONTEXTS = 128  # odd context IDs 1..255
 
 # A-ASSOCIATE-RJ (result, source, reason): PS3.8 table 9-21.
 REJECT_CALLING_AE = (1, 1, 3)  # permanent, service-user, calling AE title not recognised
+REJECT_CALLED_AE = (1, 1, 7)  # permanent, service-user, called AE title not recognised
 REJECT_NO_REASON = (1, 1, 1)  # permanent, service-user, no reason given
 REJECT_BUSY = (2, 3, 2)  # transient, service-provider (presentation), local limit exceeded
 REJECT_APPLICATION_CONTEXT = (1, 1, 2)  # permanent, service-user, context name not supported
@@ -84,6 +85,8 @@ def negotiate(
 
     Raises ValueError for a request that cannot be decoded or breaks the standard's limits
     (the caller aborts the connection)."""
+    if len(request) < 74:
+        raise ValueError("an association request shorter than its fixed fields")
     pdu = A_ASSOCIATE_RQ()
     pdu.decode(request)
     primitive: Any = pdu.to_primitive()
@@ -93,20 +96,20 @@ def negotiate(
     _check_contexts(proposed)
 
     reject: tuple[int, int, int] | None = None
-    if str(primitive.application_context_name) != APPLICATION_CONTEXT:
+    if not _valid_ae(request[26:42]):
+        # Control characters, backslash, bytes outside ASCII or only spaces (PS3.5 AE):
+        # refused before the title reaches a log line or an allowed_callers comparison.
+        reject, calling = REJECT_CALLING_AE, ""
+    elif not _valid_ae(request[10:26]):
+        reject, called = REJECT_CALLED_AE, ""
+    elif str(primitive.application_context_name) != APPLICATION_CONTEXT:
         reject = REJECT_APPLICATION_CONTEXT
     elif allowed_callers and calling not in allowed_callers:
         reject = REJECT_CALLING_AE
     elif busy:
         reject = REJECT_BUSY
     if reject is not None:
-        return Negotiated(
-            answer=_rejection(reject),
-            accepted=False,
-            calling_ae=calling,
-            called_ae=called,
-            reject=reject,
-        )
+        return rejection(reject, calling, called)
 
     roles = {
         item.sop_class_uid: (item.scu_role, item.scp_role)
@@ -156,6 +159,21 @@ def _check_contexts(proposed: Sequence[PresentationContext]) -> None:
         seen.add(context_id)
         if not context.transfer_syntax:
             raise ValueError(f"presentation context {context_id} offers no transfer syntax")
+
+
+def _valid_ae(field: bytes) -> bool:
+    return bool(field.strip(b" ")) and all(0x20 <= b <= 0x7E and b != 0x5C for b in field)
+
+
+def rejection(reason: tuple[int, int, int], calling_ae: str, called_ae: str) -> Negotiated:
+    """A refusal of the request with (result, source, reason)."""
+    return Negotiated(
+        answer=_rejection(reason),
+        accepted=False,
+        calling_ae=calling_ae,
+        called_ae=called_ae,
+        reject=reason,
+    )
 
 
 def _rejection(reason: tuple[int, int, int]) -> bytes:

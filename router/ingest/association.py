@@ -13,7 +13,7 @@ import io
 import logging
 import struct
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from pydicom.dataset import Dataset
@@ -21,7 +21,7 @@ from pydicom.uid import UID
 from pynetdicom.dsutils import decode
 
 from router.core.objects import Source
-from router.dicom import commands
+from router.dicom import commands, tls
 from router.dicom.commands import Command
 from router.dicom.errors import ProtocolError
 from router.dicom.part10 import part10_header
@@ -34,8 +34,18 @@ from router.dicom.pdu import (
     RELEASE_RP,
     abort_pdu,
 )
-from router.ingest.acceptor import STORAGE_COMMITMENT_PUSH_MODEL, negotiate
-from router.ingest.store import STATUS_SUCCESS, STATUS_UNEXPECTED, ObjectStore
+from router.ingest.acceptor import (
+    REJECT_CALLING_AE,
+    STORAGE_COMMITMENT_PUSH_MODEL,
+    negotiate,
+    rejection,
+)
+from router.ingest.store import (
+    STATUS_OUT_OF_RESOURCES,
+    STATUS_SUCCESS,
+    STATUS_UNEXPECTED,
+    ObjectStore,
+)
 from router.ingest.wire import PeerClosed, PeerTimeout, Wire
 from router.spool.incoming import IncomingObject
 
@@ -75,6 +85,8 @@ class Limits:
     # Destinations admitted only to send Storage Commitment reports (when allowed_callers
     # restricts who may call): a C-STORE from them is refused.
     report_only: frozenset[str] = frozenset()
+    # Largest object accepted (bytes of data set; 0: no limit).
+    max_object_size: int = 0
 
 
 # Handles one Storage Commitment report: (calling AE, peer address, event type, event
@@ -92,6 +104,7 @@ class _Receiving:
     sink: IncomingObject | None = None
     report: bytearray | None = None
     refused: int | None = None
+    received: int = 0
 
 
 class Slots:
@@ -128,8 +141,14 @@ class IncomingAssociation:
         store: ObjectStore,
         slots: Slots,
         reports: ReportSink | None = None,
+        identities: frozenset[str] | None = None,
+        ae_certificates: Mapping[str, Sequence[str]] | None = None,
     ) -> None:
         self.wire = wire
+        # The TLS peer's certificate identities (None without TLS), and which certificates
+        # each bound calling AE title may use.
+        self.identities = identities
+        self.ae_certificates = ae_certificates or {}
         self.reports = reports
         self.peer = peer
         self.limits = limits
@@ -196,6 +215,14 @@ class IncomingAssociation:
                 f"undecodable association request ({type(exc).__name__})"
             ) from None
         self.calling_ae, self.called_ae = result.calling_ae, result.called_ae
+        if result.accepted and not self._certificate_matches():
+            log.warning(
+                "association from %s (%s) rejected: its certificate is not one bound to "
+                "that AE title",
+                self.peer,
+                self.calling_ae,
+            )
+            result = rejection(REJECT_CALLING_AE, result.calling_ae, result.called_ae)
         self.wire.send(result.answer)
         if not result.accepted:
             log.warning(
@@ -207,6 +234,14 @@ class IncomingAssociation:
             return False
         self._contexts = result.contexts
         return True
+
+    def _certificate_matches(self) -> bool:
+        """A calling AE title bound in ae_certificates must come with one of its
+        certificates (PS3.15 B.1: the AE title is then authenticated, not just claimed)."""
+        bound = self.ae_certificates.get(self.calling_ae)
+        if bound is None:
+            return True
+        return self.identities is not None and tls.identity_allowed(self.identities, bound)
 
     # -- messages ------------------------------------------------------------------------
 
@@ -330,6 +365,19 @@ class IncomingAssociation:
             raise ProtocolViolation("data set fragment without a request", _UNEXPECTED_PDU)
         if context_id != receiving.context_id:
             raise ProtocolViolation("data set fragment on another presentation context")
+        receiving.received += size
+        limit = self.limits.max_object_size
+        if receiving.sink is not None and limit and receiving.received > limit:
+            # Too large: what arrived is discarded (never stored) and the rest is read and
+            # dropped, so the association stays usable; the answer is 0xA700.
+            log.warning(
+                "object from %s refused: larger than ingest.max_object_size (%d bytes)",
+                self.peer,
+                limit,
+            )
+            receiving.sink.discard()
+            receiving.sink = None
+            receiving.refused = STATUS_OUT_OF_RESOURCES
         if receiving.sink is not None:
             self.wire.stream(size, deadline, receiving.sink.write)
         elif receiving.report is not None:

@@ -16,8 +16,11 @@ from router.core.objects import ObjectAttributes
 _KNOWN_SYNTAXES = frozenset(str(uid) for uid in AllTransferSyntaxes)
 # Large non-pixel values (encapsulated PDFs, waveforms) are skipped, not loaded.
 _DEFER = 64 * 1024
-# A deflated header never needs more than this once inflated; more is a bomb, refused.
-_MAX_INFLATED_HEADER = 64 * 1024 * 1024
+# A deflated header never needs more than this once inflated; the rest is never inflated.
+_MAX_INFLATED_HEADER = 16 * 1024 * 1024
+# More top-level elements than this before Pixel Data is not a header but junk (a run of
+# zero bytes parses as endless empty elements): refused rather than held in memory.
+_MAX_ELEMENTS = 20_000
 _PHI_KEYWORDS = {
     "PatientName": "patient_name",
     "PatientID": "patient_id",
@@ -56,10 +59,21 @@ def read_attributes(
     try:
         # Buffered: pydicom reads element headers a few bytes at a time.
         dataset = _read_header(io.BufferedReader(stream, 64 * 1024))  # type: ignore[type-var]
+        # pydicom converts raw values lazily, so reading them can raise too (an unknown VR
+        # in the File Meta, say): inside the same containment.
+        return _attributes(dataset, command_sop_class, command_sop_instance, wanted_keywords)
     except UnreadableObject:
         raise
     except Exception as exc:  # pydicom raises many types on malformed input; contain them all
         raise UnreadableObject(f"{type(exc).__name__}: {exc}", type(exc).__name__) from None
+
+
+def _attributes(
+    dataset: Dataset,
+    command_sop_class: str,
+    command_sop_instance: str,
+    wanted_keywords: frozenset[str],
+) -> ObjectAttributes:
     meta = dataset.file_meta
     sop_instance = str(dataset.get("SOPInstanceUID", "") or command_sop_instance)
     phi: dict[str, str] = {}
@@ -102,9 +116,10 @@ def _read_header(stream: BinaryIO) -> Dataset:
             stream,
             is_implicit_VR=syntax.is_implicit_VR,
             is_little_endian=syntax.is_little_endian,
-            stop_when=_at_pixel_data,
+            stop_when=_HeaderEnd(),
             defer_size=_DEFER,
         )
+        _check_encoding(parsed, syntax)
         _check_lengths(parsed, end)
         parsed.file_meta = meta
         return parsed
@@ -120,16 +135,40 @@ def _read_header(stream: BinaryIO) -> Dataset:
         io.BytesIO(bytes(inflated)),
         is_implicit_VR=False,
         is_little_endian=True,
-        stop_when=_at_pixel_data,
+        stop_when=_HeaderEnd(),
         defer_size=_DEFER,
     )
+    _check_encoding(dataset, syntax)
     _check_lengths(dataset, len(inflated))
     dataset.file_meta = meta
     return dataset
 
 
-def _at_pixel_data(tag: BaseTag, vr: str | None, length: int) -> bool:
-    return tag.group >= 0x7FE0
+class _HeaderEnd:
+    """pydicom's ``stop_when``: stop at Pixel Data; refuse command-group elements (group
+    0000 never belongs in a data set) and more elements than any header has."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def __call__(self, tag: BaseTag, vr: str | None, length: int) -> bool:
+        self.count += 1
+        if tag.group == 0x0000 or self.count > _MAX_ELEMENTS:
+            raise UnreadableObject("not a data set header", "junk instead of a header")
+        return bool(tag.group >= 0x7FE0)
+
+
+def _check_encoding(dataset: Dataset, syntax: UID) -> None:
+    """pydicom silently switches to the VR encoding it finds; bytes that contradict the
+    negotiated transfer syntax would be held and delivered under the wrong label."""
+    implicit, little = dataset.original_encoding
+    if implicit is not None and (implicit, little) != (
+        syntax.is_implicit_VR,
+        syntax.is_little_endian,
+    ):
+        raise UnreadableObject(
+            "the data set is not encoded in its transfer syntax", "encoding contradicts syntax"
+        )
 
 
 def _check_lengths(dataset: Dataset, end: int) -> None:

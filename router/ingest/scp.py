@@ -16,13 +16,15 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Sequence
 
 from router.config.model import IngestConfig
 from router.core.objects import ObjectAttributes, PlannedDelivery, Source
-from router.errors import ListenError
+from router.dicom import tls
+from router.errors import ConfigError, ListenError
 from router.health.liveness import Heartbeat
 from router.ingest import pynetdicom_setup
 from router.ingest.association import IncomingAssociation, Limits, ReportSink, Slots
@@ -72,11 +74,18 @@ class IngestServer:
             acse_timeout=config.acse_timeout,
             dimse_timeout=config.dimse_timeout,
             network_timeout=config.network_timeout,
+            max_object_size=config.max_object_size,
             # Destinations that may call only to report commitment results (when
             # allowed_callers restricts who may call at all).
             report_only=frozenset(set(report_callers) - set(config.allowed_callers))
             if config.allowed_callers
             else frozenset(),
+        )
+        self._tls = _server_context(config)
+        self._ae_certificates = (
+            {ae.strip(): tuple(ids) for ae, ids in config.tls.ae_certificates.items()}
+            if config.tls
+            else {}
         )
         self._reports = commitment_reports
         self._listener: socket.socket | None = None
@@ -84,6 +93,7 @@ class IngestServer:
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._connections: dict[int, socket.socket] = {}
+        self._per_peer: dict[str, int] = {}
         self._slots = Slots(config.max_associations)
         # The service watchdog checks it: the accept loop turns every poll interval.
         self.heartbeat = Heartbeat()
@@ -177,14 +187,24 @@ class IngestServer:
                     log.exception("accepting a connection failed")
                     time.sleep(_ACCEPT_POLL_SECONDS)
                 continue
+            peer = str(address[0])
+            per_peer = self.config.max_associations_per_peer
             with self._lock:
                 crowded = len(self._connections) >= (
                     self.config.max_associations + _EXTRA_CONNECTIONS
                 )
-                if not crowded:
+                # One address may not take every slot: its connections beyond its share are
+                # closed at once, so other modalities are still served during a flood.
+                greedy = bool(per_peer) and self._per_peer.get(peer, 0) >= per_peer
+                if not crowded and not greedy:
                     self._connections[id(sock)] = sock
-            if crowded:
-                log.warning("connection from %s closed: too many connections", address[0])
+                    self._per_peer[peer] = self._per_peer.get(peer, 0) + 1
+            if crowded or greedy:
+                log.warning(
+                    "connection from %s closed: too many connections%s",
+                    peer,
+                    " from that address" if greedy else "",
+                )
                 sock.close()
                 continue
             threading.Thread(
@@ -195,9 +215,19 @@ class IngestServer:
             ).start()
 
     def _serve(self, sock: socket.socket, peer: str) -> None:
+        key = id(sock)
         try:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            identities: frozenset[str] | None = None
+            if self._tls is not None:
+                secured = self._handshake(sock, peer)
+                if secured is None:
+                    return
+                with self._lock:
+                    self._connections[key] = secured
+                sock = secured
+                identities = tls.peer_identities(secured)
             IncomingAssociation(
                 Wire(sock),
                 peer,
@@ -205,9 +235,59 @@ class IngestServer:
                 store=self.store,
                 slots=self._slots,
                 reports=self._reports,
+                identities=identities,
+                ae_certificates=self._ae_certificates,
             ).serve()
         finally:
             with contextlib.suppress(OSError):
                 sock.close()
             with self._lock:
-                self._connections.pop(id(sock), None)
+                self._connections.pop(key, None)
+                left = self._per_peer.get(peer, 1) - 1
+                if left > 0:
+                    self._per_peer[peer] = left
+                else:
+                    self._per_peer.pop(peer, None)
+
+    def _handshake(self, sock: socket.socket, peer: str) -> ssl.SSLSocket | None:
+        """The TLS handshake, all of it within acse_timeout: a timer shuts the socket down
+        at the deadline, so a client trickling its handshake cannot hold the connection
+        (a per-read timeout alone would restart with every byte)."""
+        assert self._tls is not None
+        deadline = threading.Timer(self.limits.acse_timeout, _shut, args=(sock,))
+        deadline.daemon = True
+        deadline.start()
+        try:
+            sock.settimeout(self.limits.acse_timeout)
+            return self._tls.wrap_socket(sock, server_side=True)
+        except ssl.SSLError as exc:
+            # A plaintext DICOM client, an old TLS version, an untrusted certificate.
+            log.warning("TLS handshake with %s refused: %s", peer, exc.reason or exc)
+            return None
+        except OSError as exc:
+            log.warning("TLS handshake with %s failed: %s", peer, type(exc).__name__)
+            return None
+        finally:
+            deadline.cancel()
+
+
+def _shut(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
+
+
+def _server_context(config: IngestConfig) -> ssl.SSLContext | None:
+    settings = config.tls
+    if settings is None:
+        return None
+    try:
+        return tls.server_context(
+            settings.cert,
+            settings.key,
+            settings.ca,
+            require_client_cert=settings.require_client_cert,
+        )
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(
+            [f"ingest.tls: cannot load the certificate, key or CA files: {exc}"]
+        ) from None

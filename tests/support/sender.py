@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,8 +42,10 @@ def send(
     called_ae: str = "WAYSTATION",
     on_ack: ON_ACK | None = None,
     timeout: float = 120.0,
+    tls: ssl.SSLContext | None = None,
 ) -> SendResult:
-    """Send files over one association, each in its own transfer syntax."""
+    """Send files over one association, each in its own transfer syntax (over TLS with
+    ``tls``, checking the server's name as "localhost")."""
     files = list(files)
     result = SendResult()
     ae = AE(ae_title=calling_ae)
@@ -51,7 +54,8 @@ def send(
         ae.add_requested_context(sop_class, [syntax])
     if len(ae.requested_contexts) > 128:
         raise ValueError("too many presentation contexts for one association")
-    assoc = ae.associate("127.0.0.1", port, ae_title=called_ae)
+    tls_args = (tls, "localhost") if tls is not None else None
+    assoc = ae.associate("127.0.0.1", port, ae_title=called_ae, tls_args=tls_args)
     if not assoc.is_established:
         result.error = "association not established"
         return result
