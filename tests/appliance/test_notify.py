@@ -124,7 +124,7 @@ response_timeout = "1 s"
 
 
 def _router(tmp: Path, manager: FakeManager, dest_port: int, **destination: object) -> Router:
-    text = _config(tmp, dest_port, **destination)
+    text = _config(tmp, dest_port, "", **destination)
     config = parse_config(text, source="test.toml", base=tmp)
     notifier = Notifier({"NOTIFY_SOCKET": manager.address, "WATCHDOG_USEC": "600000"})
     return Router(config, notifier=notifier)
