@@ -156,8 +156,9 @@ class Monitor:
                 used, pre_eol = probes.emmc_wear(disk)
                 if used is None and pre_eol is None:
                     # Not an eMMC: a SATA or NVMe drive says it through SMART, when
-                    # smartmontools is installed and may read the device.
-                    document = smart.read(f"/dev/{disk.name}")
+                    # smartmontools is installed: the root helper's snapshot, or smartctl
+                    # itself where this process may open the device.
+                    document = smart.snapshot(disk.name) or smart.read(f"/dev/{disk.name}")
                     facts = smart.parse(document) if document is not None else None
                     self._storage = smart.judge(facts, disk.name)
                 else:

@@ -9,7 +9,9 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from router.health.checks import Check, State
@@ -27,6 +29,10 @@ _REALLOCATED = 5
 _PENDING = 197
 WARN_USED = 70
 FAULT_USED = 90
+# Where waystation-smart.service (root, hourly) leaves each drive's answer: the router runs
+# unprivileged and may not open block devices itself.
+SNAPSHOTS = Path("/run/waystation-smart")
+SNAPSHOT_MAX_AGE = 3 * 3600.0
 
 
 @dataclass(frozen=True)
@@ -128,6 +134,20 @@ def judge(facts: SmartFacts | None, device: str) -> Check:
     if state == "ok":
         parts.append("healthy")
     return Check("storage", state, ", ".join(parts + faults + warnings))
+
+
+def snapshot(
+    disk: str, directory: Path = SNAPSHOTS, max_age: float = SNAPSHOT_MAX_AGE
+) -> dict[str, Any] | None:
+    """The answer waystation-smart.service saved for ``disk`` (e.g. "sda"), when recent."""
+    path = directory / f"{disk}.json"
+    try:
+        if time.time() - path.stat().st_mtime > max_age:
+            return None
+        document = json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return None
+    return document if isinstance(document, dict) else None
 
 
 def read(device: str, timeout: float = 10.0) -> dict[str, Any] | None:

@@ -125,3 +125,19 @@ def test_read_runs_smartctl_and_trusts_the_json_not_the_status(
     assert (document is not None) == readable
     if document is not None:
         assert smart.judge(smart.parse(document), "nvme0n1").state == "ok"
+
+
+def test_the_root_helpers_snapshot_is_read_while_recent(tmp_path: Path) -> None:
+    import os
+    import time
+
+    saved = tmp_path / "sda.json"
+    saved.write_text((SAMPLES / "sata_crucial_mx500.json").read_text())
+    document = smart.snapshot("sda", tmp_path)
+    assert document is not None and smart.judge(smart.parse(document), "sda").state == "warn"
+    assert smart.snapshot("sdb", tmp_path) is None
+    old = time.time() - smart.SNAPSHOT_MAX_AGE - 60
+    os.utime(saved, (old, old))
+    assert smart.snapshot("sda", tmp_path) is None  # a stale answer is no answer
+    (tmp_path / "nvme0n1.json").write_text("{truncated")
+    assert smart.snapshot("nvme0n1", tmp_path) is None
