@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from appliance.firstboot import config_fingerprint
+from appliance.hubcheck import check_hub
 from appliance.tls import certificate_fingerprint, ensure_certificate
 from router import __version__
 from router.config import load_config
@@ -93,7 +94,19 @@ def commission(
     )
     for destination in config.destinations:
         if isinstance(destination, HubDestination):
-            continue  # C-ECHO tests DICOM destinations; a hub shows itself at its first upload
+            # A hub is not a DICOM peer: check it answers and accepts this unit's token.
+            started = time.time()
+            checked = check_hub(destination, timeout=config.delivery.connect_timeout + 10)
+            report.tests.append(
+                TestResult(
+                    f"hub {destination.name} ({destination.url})",
+                    checked.passed,
+                    checked.detail,
+                    started,
+                    time.time(),
+                )
+            )
+            continue
         started = time.time()
         result = echo(destination, config.unit.ae_title, timeouts)
         where = f"{destination.ae_title}@{destination.host}:{destination.port}"

@@ -132,7 +132,8 @@ class Router:
 
     def watched(self) -> list[Watched]:
         """The threads the service watchdog depends on: ingest's accept loop (while it is
-        meant to accept), every delivery thread and the journal committer."""
+        meant to accept), every delivery thread, every Storage Commitment thread and the journal
+        committer."""
         found: list[Watched] = []
         accept = self.ingest.accept_thread
         if accept is not None and self.ingest.accepting:
@@ -142,6 +143,10 @@ class Router:
                 found.append(
                     Watched(f"delivery {thread.name}", thread, worker.heartbeats[thread.name])
                 )
+        if self.commitment is not None:
+            for thread in self.commitment.threads:
+                heartbeat = self.commitment.heartbeats[thread.name]
+                found.append(Watched(f"storage commitment {thread.name}", thread, heartbeat))
         journal = self.spool.journal
         found.append(Watched("journal committer", journal.committer, journal.heartbeat))
         return found

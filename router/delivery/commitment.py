@@ -47,6 +47,7 @@ from router.core.commitment import (
 )
 from router.core.retry import BackoffPolicy
 from router.delivery.commitment_ledger import CommitmentLedger, Transaction
+from router.health.liveness import Heartbeat
 from router.ingest import pynetdicom_setup
 from router.spool.spool import Spool
 
@@ -117,6 +118,13 @@ class CommitmentManager:
             threading.Thread(target=self._run, args=(d,), name=f"commit-{d.name}", daemon=True)
             for d in self.destinations.values()
         ]
+        # The watchdog watches these threads like the delivery workers (router/daemon.py).
+        self.heartbeats = {thread.name: Heartbeat() for thread in self._threads}
+
+    @property
+    def threads(self) -> list[threading.Thread]:
+        """The per-destination threads (for the watchdog)."""
+        return list(self._threads)
 
     @property
     def report_callers(self) -> list[str]:
@@ -144,13 +152,24 @@ class CommitmentManager:
 
     # -- the per-destination loop ------------------------------------------------------------
 
+    def _heartbeat(self) -> Heartbeat:
+        return self.heartbeats.get(threading.current_thread().name) or Heartbeat()
+
+    def _allowance(self) -> float:
+        # One request: connect, the N-ACTION's answer, the wait for a report on the same
+        # association, and the release; each bounded by its own timeout.
+        return 2 * self.connect_timeout + 2 * self.response_timeout + self.same_association_wait
+
     def _run(self, destination: DimseDestination) -> None:
         wake = self._wake[destination.name]
+        beat = self._heartbeat()
         while not self._stop.is_set():
+            beat.working(self._allowance())
             try:
                 self.step(destination)
             except Exception:  # contained: a commitment thread must never die
                 log.exception("storage commitment for %s hit an error", destination.name)
+            beat.waiting()
             wake.wait(_POLL_SECONDS)
             wake.clear()
 
@@ -201,6 +220,7 @@ class CommitmentManager:
 
     def _request(self, destination: DimseDestination, txn: Transaction) -> None:
         name = destination.name
+        self._heartbeat().working(self._allowance())  # each request is a piece of work
         references = self._references(txn.uid)
         if not references:
             self.ledger.close(txn.uid, "nothing left to ask about")

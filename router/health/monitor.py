@@ -14,7 +14,7 @@ from pathlib import Path
 from hardware.ups import PowerState, Ups, decide
 from router.alarms import Alarms
 from router.config.model import ApplianceConfig
-from router.health import checks, probes
+from router.health import checks, probes, smart
 from router.health.checks import Check, ClockSample
 from router.health.liveness import Watched, wedged
 from router.health.metrics import render, write_textfile
@@ -154,7 +154,15 @@ class Monitor:
                 self._storage = checks.storage_wear(None, None, "spool device")
             else:
                 used, pre_eol = probes.emmc_wear(disk)
-                self._storage = checks.storage_wear(used, pre_eol, disk.name)
+                if used is None and pre_eol is None:
+                    # Not an eMMC: a SATA or NVMe drive says it through SMART, when
+                    # smartmontools is installed: the root helper's snapshot, or smartctl
+                    # itself where this process may open the device.
+                    document = smart.snapshot(disk.name) or smart.read(f"/dev/{disk.name}")
+                    facts = smart.parse(document) if document is not None else None
+                    self._storage = smart.judge(facts, disk.name)
+                else:
+                    self._storage = checks.storage_wear(used, pre_eol, disk.name)
             self._storage_at = now
         return self._storage
 

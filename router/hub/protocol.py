@@ -17,6 +17,8 @@ API = "/v1"
 UPLOADS = f"{API}/uploads"
 RECEIPTS = f"{API}/receipts"
 MANIFESTS = f"{API}/manifests"
+# An authenticated "who am I": the unit the token belongs to (commissioning's check).
+WHOAMI = f"{API}/whoami"
 OFFSET_CONTENT_TYPE = "application/offset+octet-stream"
 # tus checksum extension: a chunk whose checksum does not match is refused with this status.
 CHECKSUM_MISMATCH = 460

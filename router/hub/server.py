@@ -212,6 +212,8 @@ class _Handler(BaseHTTPRequestHandler):
             return self._receipts(unit)
         if path.rstrip("/") == p.MANIFESTS and verb == "POST":
             return self._manifest(unit)
+        if path.rstrip("/") == p.WHOAMI and verb == "GET":
+            return self._reply(200, {"unit": unit})
         if len(parts) >= 4 and "/".join(parts[:3]) == p.UPLOADS and p.is_upload_id(parts[3]):
             upload_id = parts[3]
             if len(parts) == 4 and verb == "HEAD":

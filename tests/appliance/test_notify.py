@@ -12,6 +12,7 @@ import pytest
 
 from router.config.load import parse_config
 from router.daemon import Router
+from router.delivery.commitment import CommitmentManager
 from router.delivery.dimse import DimseSender
 from router.health.notify import Notifier
 from tests.support.dicomgen import make_tiny_objects
@@ -100,7 +101,7 @@ def test_without_a_manager_nothing_is_sent() -> None:
     assert other.watchdog_seconds is None
 
 
-def _config(tmp: Path, dest_port: int, extra: str = "") -> str:
+def _config(tmp: Path, dest_port: int, extra: str = "", **destination: object) -> str:
     return f"""
 [unit]
 name = "notify-test"
@@ -117,13 +118,14 @@ health_interval = "0.3 s"
 [delivery]
 connect_timeout = "1 s"
 response_timeout = "1 s"
-{destination_toml("pacs", "PACS", dest_port)}
+{destination_toml("pacs", "PACS", dest_port, **destination)}
 {route_toml("all", "pacs")}
 """
 
 
-def _router(tmp: Path, manager: FakeManager, dest_port: int) -> Router:
-    config = parse_config(_config(tmp, dest_port), source="test.toml", base=tmp)
+def _router(tmp: Path, manager: FakeManager, dest_port: int, **destination: object) -> Router:
+    text = _config(tmp, dest_port, "", **destination)
+    config = parse_config(text, source="test.toml", base=tmp)
     notifier = Notifier({"NOTIFY_SOCKET": manager.address, "WATCHDOG_USEC": "600000"})
     return Router(config, notifier=notifier)
 
@@ -176,6 +178,38 @@ def test_watchdog_stops_when_a_delivery_worker_hangs(
         liveness = next(c for c in router.monitor.checks if c.name == "router")
         assert liveness.state == "fault" and "delivery deliver-pacs-0 stuck" in liveness.detail
         assert router.look() == "fault"
+    finally:
+        hang.set()
+        router.stop(grace=1)
+
+
+def test_watchdog_stops_when_a_storage_commitment_thread_hangs(
+    tmp_path: Path, manager: FakeManager, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hang = threading.Event()
+    entered = threading.Event()
+
+    def wedged_step(self: CommitmentManager, *args: object, **kwargs: object) -> None:
+        entered.set()
+        hang.wait(120)  # a request that never returns on its own
+
+    monkeypatch.setattr(CommitmentManager, "step", wedged_step)
+    router = _router(tmp_path, manager, free_port(), storage_commitment="true")
+    router.start()
+    try:
+        assert entered.wait(20), "the commitment thread never started"
+        assert wait_for(lambda: len(manager.having("WATCHDOG")) >= 1, timeout=20)
+        # The request's allowance (2 x connect 1 s + 2 x response 1 s + 5 s same-association
+        # wait) plus the 1 s stall limit: about 10 s.
+        assert wait_for(lambda: "router-wedged" in {a.code for a in router.alarms.active()}, 40)
+        pings = len(manager.having("WATCHDOG"))
+        time.sleep(2.0)  # several health intervals
+        assert len(manager.having("WATCHDOG")) == pings, "the watchdog was fed while wedged"
+        liveness = next(c for c in router.monitor.checks if c.name == "router")
+        assert liveness.state == "fault"
+        assert "storage commitment commit-pacs stuck" in liveness.detail
+        # The delivery threads are fine: only the commitment thread is named.
+        assert "delivery" not in liveness.detail
     finally:
         hang.set()
         router.stop(grace=1)

@@ -22,6 +22,7 @@ MAX_EXPOSURE = {
     "waystation-hub.service": 1.5,
     "waystation-firstboot.service": 4.0,
     "waystation-setup.service": 2.2,
+    "waystation-smart.service": 3.8,
 }
 
 
@@ -34,7 +35,7 @@ def units(tmp_path: Path) -> Path:
     """The unit files with ExecStart pointing at this checkout's waystation command."""
     here = shutil.which("waystation", path=str(Path(sys.executable).parent))
     assert here is not None, "the venv's waystation script is missing"
-    for unit in [*UNITS.glob("*.service"), *UNITS.glob("*.path")]:
+    for unit in [*UNITS.glob("*.service"), *UNITS.glob("*.path"), *UNITS.glob("*.timer")]:
         (tmp_path / unit.name).write_text(unit.read_text().replace(INSTALLED, here))
     template = tmp_path / "waystation-console@.service"
     template.rename(tmp_path / "waystation-console@tty1.service")
