@@ -534,3 +534,39 @@ def test_an_upload_the_hub_had_to_discard_is_sent_again_from_the_start(
     assert (sender.send(held, 3).kind, len(hub_objects(hub))) == ("status", 1)
     [copy] = hub_objects(hub)
     assert plaintext(hub.spool, copy) == data
+
+
+def test_no_patient_data_in_plaintext_anywhere_on_the_hub(
+    hub: Hub, unit: Spool, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from pydicom import dcmread
+
+    caplog.set_level("DEBUG", logger="waystation")
+    token_file = _token(hub, tmp_path)
+    token = token_file.read_text().strip()
+    # One object committed through the sender, one upload left half-way (its segments stay).
+    assert _sender(unit, hub.port, token_file).send(hold(unit, MR.read_bytes()), 2).kind == (
+        "status"
+    )
+    data = CT.read_bytes()
+    upload = _create(hub.port, token, data)
+    octet = {"Upload-Offset": "0", "Content-Type": "application/offset+octet-stream"}
+    half = data[: len(data) // 2]
+    status, _, _ = request(hub.port, "PATCH", upload, token=token, headers=octet, body=half)
+    assert status == 204
+    needles: set[str] = set()
+    for path in (MR, CT):
+        ds = dcmread(path, stop_before_pixels=True)
+        needles |= {str(ds.PatientName), str(ds.PatientID)}
+        needles |= {str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID)}
+    hub_root = tmp_path / "hub-spool"
+    files = [p for p in hub_root.rglob("*") if p.is_file()]
+    assert any(p.name == "journal.sqlite" for p in files)
+    assert any(p.suffix == ".seg" for p in files)  # the unfinished upload's sealed segment
+    assert caplog.text  # the hub and the sender did log
+    for path in files:
+        content = path.read_bytes()
+        for needle in needles:
+            assert needle.encode() not in content, f"{needle} in plaintext in {path}"
+    for needle in needles:
+        assert needle not in caplog.text, f"{needle} in the log"
