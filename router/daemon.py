@@ -7,23 +7,24 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
-from datetime import datetime
 
 from hardware import leds
 from hardware.leds import Look
 from router.alarms import Alarms
+from router.assembly import (
+    RoutingPlanner,
+    backoff_policy,
+    delivery_workers,
+    expire_delivered,
+    open_recovered_spool,
+    wake_workers,
+)
 from router.config.model import Config, DimseDestination
-from router.config.rules import build_rules
 from router.control.auth import PinStore
 from router.control.context import ControlContext, ReaderPool
 from router.control.server import ControlServer, SocketInUse
-from router.core.objects import ObjectAttributes, PlannedDelivery, Source
-from router.core.retry import BackoffPolicy
-from router.core.routing import plan, wanted_keywords
+from router.core.objects import PlannedDelivery
 from router.delivery.commitment import CommitmentManager
-from router.delivery.dimse import Timeouts
-from router.delivery.queue import DeliveryQueue
-from router.delivery.worker import DestinationWorker
 from router.errors import ControlSocketError
 from router.health.devices import build_leds, build_ups
 from router.health.liveness import Watched
@@ -31,15 +32,11 @@ from router.health.metrics import MetricsServer
 from router.health.monitor import Monitor, MonitorInputs
 from router.health.notify import Notifier
 from router.ingest.scp import IngestServer
-from router.spool.recovery import RecoveryReport, recover
-from router.spool.retention import expire
-from router.spool.spool import Spool
 
 log = logging.getLogger("waystation")
 
 _HEALTH_INTERVAL = 5.0
 _RETENTION_INTERVAL = 600.0
-_RETENTION_BATCH = 500  # router/spool/retention.py expire()'s default limit
 
 
 class Router:
@@ -52,24 +49,11 @@ class Router:
         # Set when the router must stop: a signal, or the UPS battery running low.
         self.stop_requested = threading.Event()
         self.stop_reason = ""
-        self.spool = Spool(config.spool)
         # Why before ingest: nothing may be received until the journal and blobs agree.
-        self.recovery: RecoveryReport = recover(self.spool)
-        for object_id, reason in self.recovery.quarantined:
-            self.alarms.raise_("objects-quarantined", f"object {object_id}: {reason}")
-        if not self.recovery.journal_ok:
-            self.alarms.raise_("journal-damaged", "The journal failed its integrity check.")
-        if self.recovery.set_aside:
-            self.alarms.raise_(
-                "blobs-set-aside",
-                f"{self.recovery.set_aside} stored objects are not in the journal.",
-            )
-        self._rules = build_rules(config.routes)
+        self.spool, self.recovery = open_recovered_spool(config, self.alarms)
+        self._planner = RoutingPlanner(config)
         delivery = config.delivery
-        policy = BackoffPolicy(first=delivery.retry_first, cap=delivery.retry_max)
-        timeouts = Timeouts(
-            connect=delivery.connect_timeout, response_base=delivery.response_timeout
-        )
+        policy = backoff_policy(config)
         # Only when a destination asks for it: then the ingest SCP also takes the reports.
         self.commitment: CommitmentManager | None = None
         if any(d.storage_commitment for d in config.destinations):
@@ -85,30 +69,16 @@ class Router:
             config.ingest,
             ae_title=config.unit.ae_title,
             spool=self.spool,
-            planner=self._plan,
+            planner=self._planner,
             alarm=self.alarms.raise_,
-            wanted_keywords=wanted_keywords(self._rules),
+            wanted_keywords=self._planner.wanted_keywords,
             on_stored=self._wake_workers,
             commitment_reports=self.commitment.handle_report if self.commitment else None,
             report_callers=self.commitment.report_callers if self.commitment else (),
         )
         self._stopping = threading.Event()
         self._health = threading.Thread(target=self._watch_health, name="health", daemon=True)
-        self.queue = DeliveryQueue(
-            self.spool, study_quiet_seconds=config.routing.study_quiet_period
-        )
-        self.workers = {
-            destination.name: DestinationWorker(
-                destination,
-                unit_ae=config.unit.ae_title,
-                spool=self.spool,
-                queue=self.queue,
-                policy=policy,
-                timeouts=timeouts,
-                threads=destination.associations,
-            )
-            for destination in config.destinations
-        }
+        self.queue, self.workers = delivery_workers(config, self.spool)
 
         self.started_at = time.time()
         self.control: ControlServer | None = None
@@ -197,16 +167,8 @@ class Router:
             self.stop_reason = reason
             self.stop_requested.set()
 
-    def _plan(self, attributes: ObjectAttributes, source: Source) -> list[PlannedDelivery]:
-        first = self.config.routing.mode == "first"
-        # Time windows are in the unit's local time, as people at the site read the clock.
-        return plan(self._rules, attributes, source, first_match=first, now=datetime.now())
-
     def _wake_workers(self, deliveries: Sequence[PlannedDelivery]) -> None:
-        for delivery in deliveries:
-            worker = self.workers.get(delivery.destination)
-            if worker is not None:
-                worker.wake()
+        wake_workers(self.workers, deliveries)
 
     def start(self) -> None:
         """Start receiving and delivering, and serve the control API."""
@@ -298,9 +260,6 @@ class Router:
             if time.monotonic() - last_expiry > _RETENTION_INTERVAL:
                 last_expiry = time.monotonic()
                 try:
-                    # In batches, so one pass never holds the journal for long.
-                    while expire(self.spool, self.config.spool.retention) == _RETENTION_BATCH:
-                        if self._stopping.is_set():
-                            break
+                    expire_delivered(self.spool, self.config.spool.retention, self._stopping)
                 except Exception:  # retention must never stop the router
                     log.exception("retention pass failed; will try again")

@@ -10,29 +10,23 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Sequence
-from datetime import datetime
 
 from router.alarms import Alarms
+from router.assembly import (
+    RoutingPlanner,
+    delivery_workers,
+    expire_delivered,
+    open_recovered_spool,
+    wake_workers,
+)
 from router.config.model import Config, HubServerConfig
-from router.config.rules import build_rules
-from router.core.objects import ObjectAttributes, PlannedDelivery, Source
-from router.core.retry import BackoffPolicy
-from router.core.routing import plan, wanted_keywords
-from router.delivery.dimse import Timeouts
-from router.delivery.queue import DeliveryQueue
-from router.delivery.worker import DestinationWorker
 from router.hub.server import HubServer
 from router.hub.store import HubStore
 from router.hub.tokens import UnitRegistry
-from router.spool.recovery import recover
-from router.spool.retention import expire
-from router.spool.spool import Spool
 
 log = logging.getLogger("waystation.hub")
 
 _HOUSEKEEPING_INTERVAL = 600.0
-_RETENTION_BATCH = 500  # router/spool/retention.py expire()'s default limit
 
 
 class Hub:
@@ -44,37 +38,14 @@ class Hub:
         self.config = config
         self.hub_config: HubServerConfig = config.hub
         self.alarms = Alarms()
-        self.spool = Spool(config.spool)
-        # Why before serving: journal and blobs must agree before anything is committed.
-        report = recover(self.spool)
-        for object_id, reason in report.quarantined:
-            self.alarms.raise_("objects-quarantined", f"object {object_id}: {reason}")
-        self._rules = build_rules(config.routes)
-        delivery = config.delivery
-        policy = BackoffPolicy(first=delivery.retry_first, cap=delivery.retry_max)
-        timeouts = Timeouts(
-            connect=delivery.connect_timeout, response_base=delivery.response_timeout
-        )
-        self.queue = DeliveryQueue(
-            self.spool, study_quiet_seconds=config.routing.study_quiet_period
-        )
-        self.workers = {
-            d.name: DestinationWorker(
-                d,
-                unit_ae=config.unit.ae_title,
-                spool=self.spool,
-                queue=self.queue,
-                policy=policy,
-                timeouts=timeouts,
-                threads=d.associations,
-            )
-            for d in config.destinations
-        }
+        self.spool, _ = open_recovered_spool(config, self.alarms)
+        self._planner = RoutingPlanner(config)
+        self.queue, self.workers = delivery_workers(config, self.spool)
         self.store = HubStore(
             self.spool,
-            planner=self._plan,
-            on_stored=self._wake,
-            wanted_keywords=wanted_keywords(self._rules),
+            planner=self._planner,
+            on_stored=lambda deliveries: wake_workers(self.workers, deliveries),
+            wanted_keywords=self._planner.wanted_keywords,
             max_object=self.hub_config.max_object,
         )
         self.store.recover()
@@ -87,16 +58,6 @@ class Hub:
     def port(self) -> int:
         """The port the hub listens on."""
         return self.server.port
-
-    def _plan(self, attributes: ObjectAttributes, source: Source) -> list[PlannedDelivery]:
-        first = self.config.routing.mode == "first"
-        return plan(self._rules, attributes, source, first_match=first, now=datetime.now())
-
-    def _wake(self, deliveries: Sequence[PlannedDelivery]) -> None:
-        for delivery in deliveries:
-            worker = self.workers.get(delivery.destination)
-            if worker is not None:
-                worker.wake()
 
     def start(self) -> None:
         """Start the workers, then serve."""
@@ -122,8 +83,6 @@ class Hub:
                 # Objects delivered to every destination go after spool.retention, as on a
                 # unit; their (SOP Instance UID, SHA-256) keys stay, so a repeat is still
                 # "already committed".
-                while expire(self.spool, self.config.spool.retention) == _RETENTION_BATCH:
-                    if self._stopping.is_set():
-                        break
+                expire_delivered(self.spool, self.config.spool.retention, self._stopping)
             except Exception:  # housekeeping must never stop the hub
                 log.exception("hub housekeeping failed; will try again")
