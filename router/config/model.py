@@ -259,11 +259,14 @@ class HubDestination(_Strict):
     envelope: bool = Field(default=True, strict=True)
     # Caps, a weekly calendar of caps and byte budgets on the wire (router/wan/rate.py).
     rate: RateConfig = Field(default_factory=RateConfig)
+    # Parallel upload streams (connections), each one object at a time: they overlap each
+    # other's round trips and loss recovery on long, lossy links (docs/wan.md).
+    streams: int = Field(default=4, ge=1, le=16)
 
     @property
     def associations(self) -> int:
-        """One upload at a time: the link, not parallelism, is the limit."""
-        return 1
+        """One delivery thread per upload stream."""
+        return self.streams
 
     @property
     def storage_commitment(self) -> bool:

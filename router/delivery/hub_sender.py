@@ -1,11 +1,18 @@
 """The sender for `type = "hub"` destinations: resumable chunked uploads over HTTPS.
 
-One object at a time (docs/hub-protocol.md): create the upload (or find it already
-committed), append chunks from the confirmed offset, commit. The upload's URL is made
-durable in the journal (hub_uploads) before the first byte is sent, and each confirmed
-offset is recorded as it comes, so a dropped link, a kill -9 or a power cut resumes the
-object where the hub says it stands (a HEAD asks; the hub's answer wins over ours). A break
-costs at most the chunk in flight.
+One object at a time per stream (docs/hub-protocol.md): create the upload (or find it
+already committed), append chunks from the confirmed offset, commit. A destination runs
+``streams`` of these in parallel (one per delivery thread), sharing the link's rate gate and
+priorities (router/delivery/hub_link.py). Where the hub offers them, the first chunk rides
+on the create (tus ``creation-with-upload``) and the commit on the last chunk
+(``waystation-commit``), so a small object costs one round trip, not three.
+
+The upload's URL is recorded in the journal (hub_uploads) as soon as the create answers, and
+each confirmed offset as it comes, so a dropped link, a kill -9 or a power cut resumes the
+object where the hub says it stands (a HEAD asks; the hub's answer wins over ours). A create
+whose answer was lost is repeated, and the hub then returns the same unfinished upload with
+its offset (it keys unfinished uploads by unit, SOP Instance UID, SHA-256 and length), so a
+break costs at most the chunk in flight on each stream.
 
 Objects up to ``_ENVELOPE_MAX`` that compress travel in the lossless envelope
 (router/wan/envelope.py; the hub restores the original bytes and checks their SHA-256). The
@@ -34,6 +41,7 @@ from urllib.parse import quote, urlsplit
 
 from router.config.model import HubDestination
 from router.core.retry import Outcome
+from router.delivery.hub_link import HubLink
 from router.errors import IntegrityError
 from router.hub import protocol as p
 from router.spool.crypto import BlobReader
@@ -59,6 +67,13 @@ _STALE_AFTER = 2.0  # seconds without a request after which a kept connection ma
 # ceiling without one (bits per second).
 _POLITE_SLICE = 64 * 1024
 _POLITE_CEILING = 100_000_000
+# A bulk stream waits at most this long at a chunk boundary while a more urgent object is in
+# flight on another stream, then goes on (the STAT object has had most of the link).
+_YIELD_AT_MOST = 120.0
+_YIELD_SLICE = 0.2
+# The hub's protocol extensions this sender uses when offered (docs/hub-protocol.md).
+CREATION_WITH_UPLOAD = "creation-with-upload"
+COMMIT_ON_LAST_CHUNK = "waystation-commit"
 
 
 @dataclass(frozen=True)
@@ -116,8 +131,19 @@ class _BbrHTTPSConnection(http.client.HTTPSConnection):
         set_bbr(self.sock)
 
 
+def hub_link(destination: HubDestination, spool: Spool) -> HubLink:
+    """The state the streams of ``destination`` share: the rate gate (budget counters as
+    last recorded in the journal) and polite mode."""
+    polite = None
+    if destination.rate.polite:
+        ceiling = destination.rate.policy().bits_per_second or _POLITE_CEILING
+        polite = PoliteController(max_rate=float(ceiling), target=destination.rate.polite_delay)
+    gate = RateGate(destination.rate.policy(), counters=_load_counters(destination.name, spool))
+    return HubLink(gate, polite)
+
+
 class HubSender:
-    """Uploads held objects to one hub; used from one worker thread."""
+    """Uploads held objects to one hub; used from one worker thread (one stream)."""
 
     def __init__(
         self,
@@ -125,6 +151,7 @@ class HubSender:
         *,
         spool: Spool,
         more_urgent: Callable[[int], bool] = lambda priority: False,
+        link: HubLink | None = None,
     ) -> None:
         self.destination = destination
         self.spool = spool
@@ -135,14 +162,10 @@ class HubSender:
         self._last_request = time.monotonic()
         self.sizer = ChunkSizer(destination.min_chunk, destination.max_chunk)
         self.bytes_sent = 0  # chunk bytes handed to the socket (re-sends included)
-        self.gate = RateGate(destination.rate.policy(), counters=self._load_counters())
+        self.link = link or hub_link(destination, spool)
+        self.gate = self.link.gate
+        self.polite = self.link.polite
         self._wire_cache: _Wire | None = None
-        self.polite: PoliteController | None = None
-        if destination.rate.polite:
-            ceiling = destination.rate.policy().bits_per_second or _POLITE_CEILING
-            self.polite = PoliteController(
-                max_rate=float(ceiling), target=destination.rate.polite_delay
-            )
 
     # -- the DestinationWorker's interface -------------------------------------------------
 
@@ -159,6 +182,7 @@ class HubSender:
 
     def send(self, held: HeldObject, priority: int) -> Outcome:
         """Upload one object (resuming any earlier attempt); the outcome for classify()."""
+        self.link.sending(priority)
         try:
             return self._send(held, priority)
         except _Stop as stop:
@@ -168,6 +192,7 @@ class HubSender:
         except IntegrityError as exc:
             return Outcome("unreadable", detail=str(exc))
         finally:
+            self.link.sending(None)
             self._last_used = time.monotonic()
 
     # -- one object ------------------------------------------------------------------------
@@ -180,7 +205,7 @@ class HubSender:
         try:
             wire = self._wire(held, reader)
             if state is None or state[1] != wire.size:
-                created = self._create(held, wire)
+                created = self._create(held, wire, reader, priority)
                 if created is None:
                     return Outcome("status", status=0)
                 url, offset = created
@@ -191,12 +216,15 @@ class HubSender:
                     offset = known
                 else:  # the hub forgot the upload (expired): start again
                     self._forget(held.id)
-                    created = self._create(held, wire)
+                    created = self._create(held, wire, reader, priority)
                     if created is None:
                         return Outcome("status", status=0)
                     url, offset = created
             for _ in range(4):  # a commit answered "incomplete" sends the rest, then again
-                offset = self._append_all(wire, reader, url, offset, priority)
+                appended = self._append_all(wire, reader, url, offset, priority)
+                if appended is None:  # the last chunk carried the commit
+                    self._wire_cache = None
+                    return Outcome("status", status=0)
                 done = self._commit(held.id, url)
                 if done is None:
                     self._wire_cache = None
@@ -225,7 +253,11 @@ class HubSender:
         self._wire_cache = wire
         return wire
 
-    def _create(self, held: HeldObject, wire: _Wire) -> tuple[str, int] | None:
+    def _create(
+        self, held: HeldObject, wire: _Wire, reader: BlobReader, priority: int
+    ) -> tuple[str, int] | None:
+        """Create the upload; where the hub offers it, the first chunk (and, if that is the
+        whole object, the commit) rides along. None: the hub holds the object now."""
         uids = self.spool.metadata(held)
         meta = p.UploadMetadata(
             uids["sop_instance_uid"],
@@ -236,11 +268,13 @@ class HubSender:
             self._study_objects(held),
         )
         size = wire.size
-        response = self._request(
-            "POST",
-            p.UPLOADS,
-            headers={"Upload-Length": str(size), "Upload-Metadata": meta.header()},
-        )
+        headers = {"Upload-Length": str(size), "Upload-Metadata": meta.header()}
+        body = b""
+        if size and CREATION_WITH_UPLOAD in self._extensions():
+            body = self._chunk(wire, reader, 0, priority)
+            headers.update(self._chunk_headers(body, 0, last=len(body) == size))
+        started = time.monotonic()
+        response = self._request("POST", p.UPLOADS, headers=headers, body=body)
         if response.status == 200 and response.header("Waystation-Upload-State") == "committed":
             upload = str(response.body.get("upload", ""))
             url = f"{p.UPLOADS}/{upload}" if p.is_upload_id(upload) else ""
@@ -253,8 +287,15 @@ class HubSender:
         if not location.startswith(p.UPLOADS + "/"):
             raise _Stop(Outcome("http", status=502, detail="the hub gave no upload location"))
         offset = int(response.header("Upload-Offset") or 0)
-        # Why wait: the URL must be durable before bytes go out, so a restart resumes this
-        # upload instead of starting another.
+        if body and offset:
+            self.sizer.observe(offset, time.monotonic() - started)
+        if response.header("Waystation-Upload-State") == "committed":  # the body was all of it
+            self._save(held.id, location, size, size, "committed")
+            self._wire_cache = None
+            return None
+        # Why wait: the URL must be durable before more bytes go out, so a restart resumes
+        # this upload (a repeated create would find it too: the hub returns a unit's
+        # unfinished upload of the same object, so even a lost answer costs one chunk).
         self._save(held.id, location, size, offset, "uploading")
         return location, offset
 
@@ -281,31 +322,46 @@ class HubSender:
             return int(response.header("Upload-Length") or 0)
         return int(response.header("Upload-Offset") or 0)
 
+    def _chunk(self, wire: _Wire, reader: BlobReader, offset: int, priority: int) -> bytes:
+        """The next chunk from ``offset``, admitted by the rate gate (and counted)."""
+        self._check_preempted(wire.object_id, priority, offset, wire.size)
+        length = min(self.sizer.next_size(), wire.size - offset)
+        if wire.data is not None:
+            data = wire.data[offset : offset + length]
+        else:
+            data = _read_at(reader, offset, length)
+        self._gate(len(data) + _HTTP_OVERHEAD, priority, wire.object_id, offset, wire.size)
+        return data
+
+    def _chunk_headers(self, data: bytes, offset: int, *, last: bool) -> dict[str, str]:
+        headers = {
+            "Upload-Offset": str(offset),
+            "Content-Type": p.OFFSET_CONTENT_TYPE,
+            "Upload-Checksum": p.checksum_header(hashlib.sha256(data).digest()),
+        }
+        if last and COMMIT_ON_LAST_CHUNK in self._extensions():
+            headers["Waystation-Commit"] = "1"
+        return headers
+
     def _append_all(
         self, wire: _Wire, reader: BlobReader, url: str, offset: int, priority: int
-    ) -> int:
+    ) -> int | None:
+        """Send the rest from ``offset``; the offset reached, or None when the last chunk's
+        answer says the object is committed."""
         object_id, size = wire.object_id, wire.size
         while offset < size:
-            self._check_preempted(object_id, priority, offset, size)
-            length = min(self.sizer.next_size(), size - offset)
-            if wire.data is not None:
-                data = wire.data[offset : offset + length]
-            else:
-                data = _read_at(reader, offset, length)
-            self._gate(len(data) + _HTTP_OVERHEAD, priority, object_id, offset, size)
-            # Counted before sending: bytes of a chunk cut off mid-way were on the wire too.
-            self._sent(len(data) + _HTTP_OVERHEAD, priority)
+            data = self._chunk(wire, reader, offset, priority)
             started = time.monotonic()
+            last = offset + len(data) == size
             response = self._request(
-                "PATCH",
-                url,
-                headers={
-                    "Upload-Offset": str(offset),
-                    "Content-Type": p.OFFSET_CONTENT_TYPE,
-                    "Upload-Checksum": p.checksum_header(hashlib.sha256(data).digest()),
-                },
-                body=data,
+                "PATCH", url, headers=self._chunk_headers(data, offset, last=last), body=data
             )
+            if response.status == 200 and (
+                response.header("Waystation-Upload-State") == "committed"
+            ):
+                self.sizer.observe(len(data), time.monotonic() - started)
+                self._save_state(object_id, "committed")
+                return None
             if response.status == 204:
                 confirmed = int(response.header("Upload-Offset") or 0)
                 self.sizer.observe(confirmed - offset, time.monotonic() - started)
@@ -340,15 +396,25 @@ class HubSender:
     # -- preemption and the rate gate ------------------------------------------------------
 
     def _check_preempted(self, object_id: str, priority: int, offset: int, size: int) -> None:
-        if self._more_urgent(priority):
-            log.info("object %s: paused at byte %d for a more urgent object", object_id, offset)
-            raise _Stop(Outcome("preempted", detail=f"paused at {offset} of {size}"))
+        """At a chunk boundary: hand the stream to a more urgent object waiting in the queue;
+        while one is in flight on another stream, yield the link to it (wait here)."""
+        yielded_until = time.monotonic() + _YIELD_AT_MOST
+        while True:
+            if self._more_urgent(priority):
+                log.info("object %s: paused at byte %d for a more urgent object", object_id, offset)
+                raise _Stop(Outcome("preempted", detail=f"paused at {offset} of {size}"))
+            if not self.link.more_urgent_in_flight(priority):
+                return
+            if time.monotonic() > yielded_until:
+                return
+            time.sleep(_YIELD_SLICE)
 
     def _gate(self, nbytes: int, priority: int, object_id: str, offset: int, size: int) -> None:
         """Wait until the rate gate lets ``nbytes`` go; a long wait hands the object back."""
         while True:
-            decision = self.gate.ask(nbytes, _now(), stat=priority == _STAT)
+            decision = self.link.admit(nbytes, _now(), stat=priority == _STAT)
             if decision.allowed:
+                self._persist_counters()
                 return
             if decision.wait > _LONGEST_GATE_WAIT:
                 raise _Stop(Outcome("held", detail=decision.reason, retry_after=decision.wait))
@@ -356,9 +422,8 @@ class HubSender:
             time.sleep(min(decision.wait, 1.0))
             self._check_preempted(object_id, priority, offset, size)
 
-    def _sent(self, nbytes: int, priority: int) -> None:
-        self.gate.sent(nbytes, _now(), stat=priority == _STAT)
-        record = json.dumps(self.gate.counters.to_dict())
+    def _persist_counters(self) -> None:
+        record = json.dumps(self.link.counters().to_dict())
         key = f"rate-counters:{self.destination.name}"
         # Not waited for: losing the last few chunks' counts at a crash overshoots a budget
         # by at most those chunks.
@@ -382,25 +447,23 @@ class HubSender:
             rtt = tcp_rtt(conn.sock) if conn.sock is not None else None
             if rtt is not None:
                 self.gate.limit_to(self.polite.observe(rtt, time.monotonic()))
-            pause = len(piece) * 8 / self.polite.rate - (time.monotonic() - began)
+            # The polite rate is the link's: each of the streams sending takes its share.
+            rate = self.polite.rate / self.link.active_streams()
+            pause = len(piece) * 8 / rate - (time.monotonic() - began)
             if pause > 0:
                 time.sleep(min(pause, 2.0))
 
-    def _load_counters(self) -> BudgetCounters:
-        row = (
-            self.spool.reader_connection()
-            .execute(
-                "SELECT value FROM journal_meta WHERE key = ?",
-                (f"rate-counters:{self.destination.name}",),
-            )
-            .fetchone()
-        )
-        if row is None:
-            return BudgetCounters()
-        try:
-            return BudgetCounters.from_dict(json.loads(row[0]))
-        except (ValueError, TypeError, KeyError):
-            return BudgetCounters()
+    def _extensions(self) -> frozenset[str]:
+        """The protocol extensions the hub offers (OPTIONS, asked once per destination)."""
+        known = self.link.extensions
+        if known is None:
+            response = self._request("OPTIONS", p.UPLOADS)
+            if response.status >= 300:  # asked again next time; meanwhile the plain protocol
+                return frozenset()
+            offered = response.header("Tus-Extension") or ""
+            known = frozenset(e.strip() for e in offered.split(",") if e.strip())
+            self.link.extensions = known
+        return known
 
     # -- receipts --------------------------------------------------------------------------
 
@@ -578,6 +641,20 @@ class HubSender:
         except ValueError:
             parsed = {}
         return _Response(status, got, parsed if isinstance(parsed, dict) else {})
+
+
+def _load_counters(destination: str, spool: Spool) -> BudgetCounters:
+    row = (
+        spool.reader_connection()
+        .execute("SELECT value FROM journal_meta WHERE key = ?", (f"rate-counters:{destination}",))
+        .fetchone()
+    )
+    if row is None:
+        return BudgetCounters()
+    try:
+        return BudgetCounters.from_dict(json.loads(row[0]))
+    except (ValueError, TypeError, KeyError):
+        return BudgetCounters()
 
 
 def _now() -> dt.datetime:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from router.config.model import DimseDestination, HubDestination
 from router.core.retry import BackoffPolicy, Classification, Outcome, classify
 from router.delivery.dimse import DimseSender, Timeouts
-from router.delivery.hub_sender import HubSender
+from router.delivery.hub_sender import HubSender, hub_link
 from router.delivery.queue import Claimed, DeliveryQueue
 from router.health.liveness import Heartbeat
 from router.spool.spool import Spool
@@ -93,6 +93,13 @@ class DestinationWorker:
         ]
         # The service watchdog checks them: one per thread, keyed by thread name.
         self.heartbeats = {thread.name: Heartbeat() for thread in self._threads}
+        # A hub's streams (one per thread) share its rate gate and priorities in flight.
+        self._hub_link = (
+            hub_link(destination, spool) if isinstance(destination, HubDestination) else None
+        )
+        # Parallel hub streams claim one object at a time, so a STAT study spreads over the
+        # streams as they come free instead of queueing behind one of them.
+        self._batch = 1 if self._hub_link is not None and len(self._threads) > 1 else _BATCH
 
     @property
     def threads(self) -> list[threading.Thread]:
@@ -133,6 +140,7 @@ class DestinationWorker:
                 self.destination,
                 spool=self.spool,
                 more_urgent=lambda priority: self.queue.has_more_urgent(name, priority),
+                link=self._hub_link,
             )
         else:
             sender = DimseSender(
@@ -160,7 +168,7 @@ class DestinationWorker:
         if wait > 0:
             self._sleep(wait)
             return
-        batch = self.queue.claim(name, _BATCH)
+        batch = self.queue.claim(name, self._batch)
         if not batch:
             self._poll_receipts(sender)
             if sender.idle_for() > _IDLE_RELEASE_SECONDS:

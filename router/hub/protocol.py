@@ -20,6 +20,11 @@ MANIFESTS = f"{API}/manifests"
 # An authenticated "who am I": the unit the token belongs to (commissioning's check).
 WHOAMI = f"{API}/whoami"
 OFFSET_CONTENT_TYPE = "application/offset+octet-stream"
+# What the hub offers (OPTIONS Tus-Extension). creation-with-upload (tus): the create may
+# carry the first chunk. waystation-commit: a chunk (or create) with "Waystation-Commit: 1"
+# that completes the upload also commits it, answering as the commit would.
+EXTENSIONS = "creation,creation-with-upload,checksum,termination,waystation-commit"
+COMMIT_HEADER = "Waystation-Commit"
 # tus checksum extension: a chunk whose checksum does not match is refused with this status.
 CHECKSUM_MISMATCH = 460
 

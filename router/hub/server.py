@@ -20,6 +20,7 @@ import socket
 import ssl
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -150,7 +151,7 @@ class _Handler(BaseHTTPRequestHandler):
             204,
             headers={
                 "Tus-Version": p.TUS_VERSION,
-                "Tus-Extension": "creation,checksum,termination",
+                "Tus-Extension": p.EXTENSIONS,
                 "Tus-Checksum-Algorithm": "sha256",
                 "Tus-Max-Size": str(self.server.config.max_object),
             },
@@ -251,7 +252,16 @@ class _Handler(BaseHTTPRequestHandler):
     # -- endpoints -------------------------------------------------------------------------
 
     def _create(self, unit: str) -> None:
-        self._drain_small()
+        # tus creation-with-upload: a body of the offset type is the first chunk.
+        if self._is_offset_body() and self.headers.get("Content-Length", "0") != "0":
+            with self._body_slot():
+                data, checksum = self._chunk_body()
+                self._create_with(unit, data, checksum)
+        else:
+            self._drain_small()
+            self._create_with(unit, b"", None)
+
+    def _create_with(self, unit: str, data: bytes, checksum: bytes | None) -> None:
         size = p.parse_length(
             self.headers.get("Upload-Length"), "Upload-Length", self.server.config.max_object
         )
@@ -265,13 +275,22 @@ class _Handler(BaseHTTPRequestHandler):
                 {"state": "committed", "already": True, "upload": upload.id},
                 {"Waystation-Upload-State": "committed", "Upload-Offset": str(upload.size)},
             )
+        offset, state, already = upload.received, upload.state, False
+        # A resumed upload (the unit repeats a create whose answer it lost) already holds
+        # bytes: the body, which starts at 0, is not needed; the offset tells the unit.
+        if data and offset == 0:
+            offset = self.server.store.append(unit, upload.id, 0, data, checksum)
+            self.server.count(accepted_bytes=len(data))
+        if self._commit_requested() and offset == upload.size:
+            already = self._commit_now(unit, upload.id)
+            state = "committed"
         self._reply(
             201,
-            {"state": upload.state, "upload": upload.id, "offset": upload.received},
+            {"state": state, "upload": upload.id, "offset": offset, "already": already},
             {
                 "Location": f"{p.UPLOADS}/{upload.id}",
-                "Upload-Offset": str(upload.received),
-                "Waystation-Upload-State": upload.state,
+                "Upload-Offset": str(offset),
+                "Waystation-Upload-State": state,
             },
         )
 
@@ -290,35 +309,65 @@ class _Handler(BaseHTTPRequestHandler):
         )
 
     def _patch(self, unit: str, upload_id: str) -> None:
-        if self.headers.get("Content-Type", "").split(";")[0].strip() != p.OFFSET_CONTENT_TYPE:
+        if not self._is_offset_body():
             raise _Refusal(415, f"Content-Type must be {p.OFFSET_CONTENT_TYPE}")
-        config = self.server.config
-        length = p.parse_length(
-            self.headers.get("Content-Length"), "Content-Length", config.max_chunk
-        )
         offset = p.parse_length(self.headers.get("Upload-Offset"), "Upload-Offset", 2**62)
-        checksum = p.parse_checksum(self.headers.get("Upload-Checksum"))
+        with self._body_slot():
+            data, checksum = self._chunk_body()
+            new_offset = self.server.store.append(unit, upload_id, offset, data, checksum)
+        self.server.count(accepted_bytes=len(data))
+        if self._commit_requested():
+            upload = self.server.store.head(unit, upload_id)
+            if upload is not None and new_offset == upload.size:
+                already = self._commit_now(unit, upload_id)
+                return self._reply(
+                    200,
+                    {"state": "committed", "already": already, "upload": upload_id},
+                    {"Upload-Offset": str(new_offset), "Waystation-Upload-State": "committed"},
+                )
+        self._reply(204, headers={"Upload-Offset": str(new_offset)})
+
+    def _commit(self, unit: str, upload_id: str) -> None:
+        self._drain_small()
+        already = self._commit_now(unit, upload_id)
+        self._reply(
+            200,
+            {"state": "committed", "already": already, "upload": upload_id},
+            {"Waystation-Upload-State": "committed"},
+        )
+
+    def _commit_now(self, unit: str, upload_id: str) -> bool:
+        """Commit the upload (verify, store, record the key); whether it was already."""
+        committed = self.server.store.commit(unit, upload_id, self.client_address[0])
+        self.server.count(**({"already_committed": 1} if committed.already else {"commits": 1}))
+        return committed.already
+
+    def _commit_requested(self) -> bool:
+        """The waystation-commit extension: commit once this request completes the upload."""
+        return self.headers.get(p.COMMIT_HEADER, "").strip() == "1"
+
+    def _is_offset_body(self) -> bool:
+        content_type = self.headers.get("Content-Type", "")
+        return content_type.split(";")[0].strip() == p.OFFSET_CONTENT_TYPE
+
+    @contextlib.contextmanager
+    def _body_slot(self) -> Iterator[None]:
         # Chunks are held in memory while sealed: a bounded number at once, so many units
         # sending their largest chunks cannot exhaust the hub's memory.
         if not self.server.body_slots.acquire(timeout=_BODY_SLOT_WAIT):
             raise _Refusal(503, "the hub is busy; try again shortly", {"Retry-After": "5"})
         try:
-            data = self._read_body(length, count=True)
-            new_offset = self.server.store.append(unit, upload_id, offset, data, checksum)
+            yield
         finally:
             self.server.body_slots.release()
-        self.server.count(accepted_bytes=len(data))
-        self._reply(204, headers={"Upload-Offset": str(new_offset)})
 
-    def _commit(self, unit: str, upload_id: str) -> None:
-        self._drain_small()
-        committed = self.server.store.commit(unit, upload_id, self.client_address[0])
-        self.server.count(**({"already_committed": 1} if committed.already else {"commits": 1}))
-        self._reply(
-            200,
-            {"state": "committed", "already": committed.already, "upload": upload_id},
-            {"Waystation-Upload-State": "committed"},
+    def _chunk_body(self) -> tuple[bytes, bytes | None]:
+        """A chunk's bytes (Content-Length within max_chunk) and its Upload-Checksum."""
+        length = p.parse_length(
+            self.headers.get("Content-Length"), "Content-Length", self.server.config.max_chunk
         )
+        checksum = p.parse_checksum(self.headers.get("Upload-Checksum"))
+        return self._read_body(length, count=True), checksum
 
     def _receipts(self, unit: str) -> None:
         query = parse_qs(urlsplit(self.path).query)
@@ -438,6 +487,16 @@ class HubServer:
 
     def stop(self) -> None:
         """Stop accepting and close the listening socket."""
+        stats = self._server.stats
+        # Counts only (no ids): what a benchmark or an operator reads after a run.
+        log.info(
+            "hub stats: body_bytes=%d accepted_bytes=%d commits=%d already_committed=%d refused=%d",
+            stats.body_bytes,
+            stats.accepted_bytes,
+            stats.commits,
+            stats.already_committed,
+            stats.refused,
+        )
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(timeout=10)
