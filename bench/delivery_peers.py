@@ -141,6 +141,11 @@ class ArrivalWatcher:
         with self._lock:
             return len(self._arrivals)
 
+    def arrivals(self) -> dict[str, float]:
+        """File name -> when it was completely written, so far."""
+        with self._lock:
+            return dict(self._arrivals)
+
     def times(self) -> list[float]:
         """Arrival times so far, earliest first."""
         with self._lock:

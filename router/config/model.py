@@ -261,7 +261,7 @@ class HubDestination(_Strict):
     rate: RateConfig = Field(default_factory=RateConfig)
     # Parallel upload streams (connections), each one object at a time: they overlap each
     # other's round trips and loss recovery on long, lossy links (docs/wan.md).
-    streams: int = Field(default=4, ge=1, le=16)
+    streams: int = Field(default=8, ge=1, le=16)
 
     @property
     def associations(self) -> int:

@@ -35,6 +35,9 @@ class HubLink:
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _sending: dict[int, int] = field(default_factory=dict)  # thread id -> priority
     extensions: frozenset[str] | None = None  # None: not asked yet
+    # Objects whose upload the hub discarded: their envelope is verified before it is sent
+    # again (an encoder fault then falls back to deflate instead of failing forever).
+    verify_envelope: set[str] = field(default_factory=set)
 
     def admit(self, nbytes: int, now: dt.datetime, *, stat: bool) -> Decision:
         """Ask the gate for ``nbytes``; if allowed, they are counted at once (atomically
