@@ -311,15 +311,19 @@ def stat_behind_backlog(
             deadline = time.monotonic() + 300
             while watch.count < 2 and time.monotonic() < deadline:
                 time.sleep(0.1)
+            uids = {_sop_uid(path) for path in stat}
             started = time.monotonic()
             rig.store(stat, "STATSCU")
-            uids = [_sop_uid(path) for path in stat]
-            while not all(any(uid in name for name in watch.arrivals()) for uid in uids):
+            # storescp names files by its own UIDs: read each arrival's SOP Instance UID.
+            seen: dict[str, str] = {}
+            while not uids <= set(seen.values()):
                 if time.monotonic() - started > 1800:
                     raise BenchError("the STAT study did not arrive")
+                for name in watch.arrivals().keys() - seen.keys():
+                    seen[name] = _sop_uid(rig.out / name)
                 time.sleep(0.05)
             arrived = watch.arrivals()
-            done = max(t for name, t in arrived.items() if any(uid in name for uid in uids))
+            done = max(arrived[name] for name, uid in seen.items() if uid in uids)
             seconds = done - started
             if not watch.wait(3600):
                 raise BenchError(f"only {watch.count} of {len(backlog) + len(stat)} arrived")

@@ -62,6 +62,7 @@ _ENVELOPE_MAX = 64 * 1024 * 1024
 _LONGEST_GATE_WAIT = 30.0
 _HTTP_OVERHEAD = 400  # request and response headers per chunk, counted against budgets
 _STAT = 0
+_CONNECT_TIMEOUT = 8.0  # seconds; see _connect_briefly
 _STALE_AFTER = 2.0  # seconds without a request after which a kept connection may be gone
 # Polite mode paces chunks in slices of this size; its rate never exceeds the cap, or this
 # ceiling without one (bits per second).
@@ -121,14 +122,30 @@ def set_bbr(sock: socket.socket) -> bool:
 
 class _BbrHTTPConnection(http.client.HTTPConnection):
     def connect(self) -> None:
-        super().connect()
-        set_bbr(self.sock)
+        _connect_briefly(self, super().connect)
 
 
 class _BbrHTTPSConnection(http.client.HTTPSConnection):
     def connect(self) -> None:
-        super().connect()
-        set_bbr(self.sock)
+        _connect_briefly(self, super().connect)
+
+
+def _connect_briefly(conn: http.client.HTTPConnection, connect: Callable[[], None]) -> None:
+    """Connect within ``_CONNECT_TIMEOUT`` (then the destination's timeout for every read),
+    with BBR. Why short: while the link is down the kernel retransmits a SYN at 1, 3, 7, 15,
+    31 s...; a connection attempt left waiting for a late retransmission would start sending
+    that long after the link came back. A fresh attempt every few seconds resumes within
+    seconds of the link's return."""
+    timeout = conn.timeout
+    if isinstance(timeout, float | int):
+        conn.timeout = min(float(timeout), _CONNECT_TIMEOUT)
+    try:
+        connect()
+    finally:
+        conn.timeout = timeout
+    assert conn.sock is not None
+    conn.sock.settimeout(timeout)
+    set_bbr(conn.sock)
 
 
 def hub_link(destination: HubDestination, spool: Spool) -> HubLink:

@@ -92,7 +92,13 @@ def test_hub_configuration_is_checked() -> None:
         {"name": "hub", "type": "hub", "url": "https://hub.example.org:8443",
          "token_file": "hub.token", "max_chunk": "4 MiB", "rate": {"cap": "2 Mbit/s"}}
     )  # fmt: skip
-    assert hub.max_chunk == 4 * 1024 * 1024 and hub.associations == 1
+    # One delivery thread per upload stream; 8 streams unless configured.
+    assert hub.max_chunk == 4 * 1024 * 1024 and hub.associations == hub.streams == 8
+    with pytest.raises(ValidationError):
+        HubDestination.model_validate(
+            {"name": "hub", "type": "hub", "url": "https://hub.example.org:8443",
+             "token_file": "hub.token", "streams": 0}
+        )  # fmt: skip
     with pytest.raises(ValidationError):
         HubDestination.model_validate(
             {"name": "hub", "type": "hub", "url": "https://hub/path", "token_file": "t"}
