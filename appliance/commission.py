@@ -18,7 +18,7 @@ from appliance.hubcheck import check_hub
 from appliance.tls import certificate_fingerprint, ensure_certificate
 from router import __version__
 from router.config import load_config
-from router.config.model import Config, HubDestination
+from router.config.model import Config, HubDestination, StowDestination
 from router.delivery.dimse import Timeouts, echo
 from router.spool import keys
 from router.spool.crypto import choose_cipher
@@ -106,6 +106,10 @@ def commission(
                     time.time(),
                 )
             )
+            continue
+        if isinstance(destination, StowDestination):
+            # Not a DICOM peer and no side-effect-free STOW-RS test exists: its first
+            # delivery is the test (the console shows its state and reason).
             continue
         started = time.time()
         result = echo(destination, config.unit.ae_title, timeouts)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from pydantic import ValidationError
 
-from router.config.model import HubDestination
+from router.config.model import HubDestination, StowDestination
 from router.control import study_views, views
 from router.control.actions import Actions, audit_only, refuse
 from router.control.auth import Peer
@@ -231,8 +231,9 @@ def _destination(
     destination = next((d for d in ctx.config.destinations if d.name == name), None)
     if destination is None:
         raise not_found(f"there is no destination {name!r}")
-    if isinstance(destination, HubDestination):
-        raise bad_request(f"{name} is a hub: C-ECHO tests DICOM destinations only")
+    if isinstance(destination, HubDestination | StowDestination):
+        kind = "a hub" if isinstance(destination, HubDestination) else "a STOW-RS server"
+        raise bad_request(f"{name} is {kind}: C-ECHO tests DICOM destinations only")
     delivery = ctx.config.delivery
     result = echo(
         destination,

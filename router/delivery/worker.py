@@ -8,11 +8,13 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from router.config.model import DimseDestination, HubDestination
+from router.config.model import AnyDestination, HubDestination, StowDestination
 from router.core.retry import BackoffPolicy, Classification, Outcome, classify
+from router.core.stow import Item
 from router.delivery.dimse import DimseSender, Timeouts
 from router.delivery.hub_sender import HubSender
 from router.delivery.queue import Claimed, DeliveryQueue
+from router.delivery.stow_sender import Part, StowSender
 from router.health.liveness import Heartbeat
 from router.spool.spool import Spool
 
@@ -26,7 +28,16 @@ log = logging.getLogger("waystation.delivery")
 # recognised" - is the destination's configuration, not the object's: objects stay queued and
 # the destination shows as blocked until it accepts this unit.
 # A hub refusing this unit's token, or a hub certificate not trusted, is the same.
-_DESTINATION_DOWN = {"refused", "unreachable", "rejected", "hub-token", "hub-tls"}
+# A STOW-RS server refusing our credentials (HTTP 401/403) or not trusted is the same.
+_DESTINATION_DOWN = {
+    "refused",
+    "unreachable",
+    "rejected",
+    "hub-token",
+    "hub-tls",
+    "http-auth",
+    "http-tls",
+}
 _RECEIPT_POLL_SECONDS = 10.0
 # Below the association's network timeout, so an idle association is released, not aborted.
 _IDLE_RELEASE_SECONDS = 10.0
@@ -65,7 +76,7 @@ class DestinationWorker:
 
     def __init__(
         self,
-        destination: DimseDestination | HubDestination,
+        destination: AnyDestination,
         *,
         unit_ae: str,
         spool: Spool,
@@ -126,8 +137,10 @@ class DestinationWorker:
             thread.join(timeout=timeout)
 
     def _run(self) -> None:
-        sender: DimseSender | HubSender
-        if isinstance(self.destination, HubDestination):
+        sender: DimseSender | HubSender | StowSender
+        if isinstance(self.destination, StowDestination):
+            sender = StowSender(self.destination, spool=self.spool)
+        elif isinstance(self.destination, HubDestination):
             name = self.destination.name
             sender = HubSender(
                 self.destination,
@@ -149,7 +162,7 @@ class DestinationWorker:
         finally:
             sender.close()
 
-    def _step(self, sender: DimseSender | HubSender) -> None:
+    def _step(self, sender: DimseSender | HubSender | StowSender) -> None:
         name = self.destination.name
         if self.queue.is_paused(name):
             self._set("paused", "Paused by an operator.")
@@ -160,7 +173,7 @@ class DestinationWorker:
         if wait > 0:
             self._sleep(wait)
             return
-        batch = self.queue.claim(name, _BATCH)
+        batch = self.queue.claim(name, self._claim_size())
         if not batch:
             self._poll_receipts(sender)
             if sender.idle_for() > _IDLE_RELEASE_SECONDS:
@@ -172,6 +185,9 @@ class DestinationWorker:
             self._sleep(min(_IDLE_POLL_SECONDS, max(0.05, due - time.time())) if due else 1.0)
             return
         self._set("sending", "")
+        if isinstance(sender, StowSender):
+            self._deliver_requests(sender, batch)
+            return
         for index, claimed in enumerate(batch):
             self._heartbeat().working()  # one object answered: progress
             if self._stop.is_set():
@@ -208,40 +224,132 @@ class DestinationWorker:
             if self._consecutive_failures:
                 log.info("%s accepts connections again: delivering", name)
             self._consecutive_failures = 0
-            if verdict.verdict == "transient":
-                delay = self.policy.delay(claimed.attempts)
-                if outcome.retry_after is not None:  # the destination said when (Retry-After)
-                    delay = max(delay, outcome.retry_after)
-                retry_at = time.time() + delay
-                self.queue.record(name, claimed, verdict, retry_at=retry_at)
-                log.info("object %s: %s Retried later.", claimed.object_id, verdict.reason)
-            else:
-                self.queue.record(
-                    name,
-                    claimed,
-                    verdict,
-                    extra=_what_was_changed(outcome),
-                    awaiting_commitment=self.destination.storage_commitment,
-                )
-                self._count(verdict)
-                if verdict.verdict == "permanent":
-                    # Object ids and reasons only: the reason names the destination and the
-                    # kind of image, never patient data.
-                    log.warning(
-                        "object %s NOT delivered to %s: %s Waiting for an operator.",
-                        claimed.object_id,
-                        name,
-                        verdict.reason,
-                    )
+            self._settle(claimed, verdict, outcome)
+
+    def _settle(self, claimed: Claimed, verdict: Classification, outcome: Outcome) -> None:
+        """Record one object's outcome: delivered, retried later, or waiting for a person."""
+        name = self.destination.name
+        if verdict.verdict == "transient":
+            delay = self.policy.delay(claimed.attempts)
+            if outcome.retry_after is not None:  # the destination said when (Retry-After)
+                delay = max(delay, outcome.retry_after)
+            retry_at = time.time() + delay
+            self.queue.record(name, claimed, verdict, retry_at=retry_at)
+            log.info("object %s: %s Retried later.", claimed.object_id, verdict.reason)
+            return
+        self.queue.record(
+            name,
+            claimed,
+            verdict,
+            extra=_what_was_changed(outcome),
+            awaiting_commitment=self.destination.storage_commitment,
+        )
+        self._count(verdict)
+        if verdict.verdict == "permanent":
+            # Object ids and reasons only: the reason names the destination and the kind of
+            # image, never patient data.
+            log.warning(
+                "object %s NOT delivered to %s: %s Waiting for an operator.",
+                claimed.object_id,
+                name,
+                verdict.reason,
+            )
+
+    def _claim_size(self) -> int:
+        """How many deliveries to take at once: a STOW-RS request's worth, else _BATCH."""
+        if isinstance(self.destination, StowDestination):
+            return self.destination.max_instances
+        return _BATCH
+
+    def _deliver_requests(self, sender: StowSender, batch: list[Claimed]) -> None:
+        """Send a claimed batch as STOW-RS requests (per study, within the size limits,
+        most urgent first), recording each object by the server's answer for it."""
+        name = self.destination.name
+        by_id = {claimed.object_id: claimed for claimed in batch}
+        parts: dict[str, Part] = {}
+        for claimed in batch:
+            held = self.spool.get(claimed.object_id)
+            if held is None or held.state not in ("held", "superseded"):
+                gone = Outcome("unreadable", detail="the object is no longer held")
+                self._settle(claimed, self._classify(gone), gone)
+                del by_id[claimed.object_id]
+                continue
+            parts[held.id] = Part(sender.item_of(held, claimed.priority), held)
+        requests = sender.plan([part.item for part in parts.values()])
+        for index, request in enumerate(requests):
+            later = [by_id[item.object_id] for rest in requests[index:] for item in rest]
+            if self._stop.is_set():
+                self.queue.release(name, later, time.time())
+                return
+            if index and self.queue.has_more_urgent(name, request[0].priority):
+                # A more urgent object waits: give these back (uncounted) and claim again.
+                self.queue.release(name, later, time.time())
+                return
+            size = sum(item.size for item in request)
+            self._heartbeat().working(sender.allowance(size) * 2)
+            outcomes = sender.send([parts[item.object_id] for item in request])
+            unsent = later[len(request) :]
+            if self._request_failed(request, outcomes, by_id, unsent):
+                return
+            if self._consecutive_failures:
+                log.info("%s accepts requests again: delivering", name)
+            self._consecutive_failures = 0
+            for item in request:
+                outcome = outcomes[item.object_id]
+                self._settle(by_id[item.object_id], self._classify(outcome), outcome)
+
+    def _request_failed(
+        self,
+        request: list[Item],
+        outcomes: dict[str, Outcome],
+        by_id: dict[str, Claimed],
+        unsent: list[Claimed],
+    ) -> bool:
+        """When the server is down, refuses us, or asks us to wait (429, 5xx), the whole
+        destination waits and the objects not yet sent go back uncounted. Returns whether
+        it does."""
+        first = outcomes[request[0].object_id]
+        verdict = self._classify(first)
+        claimed = [by_id[item.object_id] for item in request]
+        if first.kind in _DESTINATION_DOWN:
+            self._destination_down(verdict, claimed[0], claimed[1:] + unsent)
+            return True
+        busy = first.kind == "http" and verdict.verdict == "transient"
+        if not busy or any(outcomes[item.object_id] != first for item in request):
+            return False
+        self._consecutive_failures += 1
+        delay = self.policy.delay(self._consecutive_failures)
+        if first.retry_after is not None:  # the server said when (Retry-After)
+            delay = max(delay, first.retry_after)
+        retry_at = time.time() + delay
+        with self._lock:
+            self._down_until = retry_at
+        for item in claimed:
+            self.queue.record(self.destination.name, item, verdict, retry_at=retry_at)
+        if unsent:
+            self.queue.release(self.destination.name, unsent, retry_at)
+        self._set("waiting", verdict.reason, next_retry_at=retry_at)
+        log.warning("%s: %s next try in %.0f s", self.destination.name, verdict.reason, delay)
+        return True
+
+    def _classify(self, outcome: Outcome) -> Classification:
+        return classify(
+            outcome,
+            destination=self.destination.name,
+            unit_ae=self.unit_ae,
+            dest_ae=getattr(self.destination, "ae_title", self.destination.name),
+        )
 
     def _deliver(
-        self, sender: DimseSender | HubSender, claimed: Claimed
+        self, sender: DimseSender | HubSender | StowSender, claimed: Claimed
     ) -> tuple[Classification, Outcome]:
         held = self.spool.get(claimed.object_id)
         if held is None or held.state not in ("held", "superseded"):
             outcome = Outcome("unreadable", detail="the object is no longer held")
         elif isinstance(sender, HubSender):
             outcome = sender.send(held, claimed.priority)
+        elif isinstance(sender, StowSender):  # never: STOW-RS objects go in requests
+            outcome = Outcome("unreadable", detail="sent one by one")
         else:
             sop_class, syntax = self._context_of(held.id)
             # The send has its own deadline: the watchdog allows it before calling it a hang.
@@ -256,7 +364,7 @@ class DestinationWorker:
         )
         return verdict, outcome
 
-    def _poll_receipts(self, sender: DimseSender | HubSender) -> None:
+    def _poll_receipts(self, sender: DimseSender | HubSender | StowSender) -> None:
         """When idle, ask a hub which objects reached the provider's PACS."""
         if not isinstance(sender, HubSender):
             return
