@@ -42,6 +42,9 @@ _RECEIPT_POLL_SECONDS = 10.0
 # Below the association's network timeout, so an idle association is released, not aborted.
 _IDLE_RELEASE_SECONDS = 10.0
 _BATCH = 8
+# Claimed but not yet sent costs nothing at a crash (it is simply pending again).
+_STOW_CLAIM = 4
+_STOW_CLAIM_MAX = 500
 _IDLE_POLL_SECONDS = 1.0
 # C-STORE priority (PS3.7): stat and urgent HIGH (1), routine MEDIUM (0), bulk LOW (2).
 _DICOM_PRIORITY = {0: 1, 1: 1, 2: 0, 3: 2}
@@ -256,9 +259,10 @@ class DestinationWorker:
             )
 
     def _claim_size(self) -> int:
-        """How many deliveries to take at once: a STOW-RS request's worth, else _BATCH."""
+        """How many deliveries to take at once: for STOW-RS a few requests' worth, so objects
+        of studies received interleaved still fill their requests; else _BATCH."""
         if isinstance(self.destination, StowDestination):
-            return self.destination.max_instances
+            return min(_STOW_CLAIM * self.destination.max_instances, _STOW_CLAIM_MAX)
         return _BATCH
 
     def _deliver_requests(self, sender: StowSender, batch: list[Claimed]) -> None:
