@@ -308,8 +308,9 @@ class StowDestination(_Strict):
     @classmethod
     def _url(cls, value: str) -> str:
         if not re.match(r"^https?://[^/\s?#@]+(/[^\s?#]*)?$", value):
+            # The value is not echoed: it may hold a password.
             raise ValueError(
-                f"{value!r} is not a DICOMweb service URL such as "
+                "this is not a DICOMweb service URL such as "
                 '"https://pacs.example.org/dicom-web" (no credentials, query or fragment: '
                 "credentials go in password_file or token_file)"
             )

@@ -108,12 +108,18 @@ def classify(outcome: Outcome, *, destination: str, unit_ae: str, dest_ae: str) 
         )
     if kind == "stored":
         return _classify_stored(outcome)
+    if kind == "http-auth" and outcome.status is None:  # our own credentials file
+        return Classification(
+            "permanent",
+            f"{name}: {outcome.detail}. Check the destination's password_file or token_file. "
+            "Call IT.",
+        )
     if kind == "http-auth":
         return Classification(
             "permanent",
-            f"{name}: the server refuses our credentials (HTTP {outcome.status}"
-            f"{'; ' + outcome.detail if outcome.detail else ''}). Check the destination's "
-            "username and password or token file. Call IT.",
+            f"{name}: the server refuses our credentials "
+            f"({outcome.detail or f'HTTP {outcome.status}'}). Check the destination's "
+            "username and password_file or token_file. Call IT.",
             outcome.status,
         )
     if kind == "http-tls":

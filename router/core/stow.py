@@ -201,7 +201,12 @@ def outcomes_for(
     follow the body per object. An object a 202 leaves unmentioned is sent again later (a
     bounded duplicate at worst); on 409 it shares the request's refusal. Any other status is
     one outcome for all (see :func:`request_outcome`)."""
-    if http_status not in (200, 202, 409) or (http_status != 200 and not response.readable):
+    if http_status == 202 and not response.readable:
+        # Some were stored, but which? Sending all again costs at most this request's
+        # duplicates; taking all as stored could lose some.
+        again = Outcome("no-response", detail="the partial-success answer could not be read")
+        return {item.object_id: again for item in request}
+    if http_status not in (200, 202, 409) or (http_status == 409 and not response.readable):
         whole = request_outcome(http_status, detail, retry_after)
         return {item.object_id: whole for item in request}
     result: dict[str, Outcome] = {}
