@@ -260,9 +260,11 @@ class DestinationWorker:
 
     def _claim_size(self) -> int:
         """How many deliveries to take at once: for STOW-RS a few requests' worth, so objects
-        of studies received interleaved still fill their requests; else _BATCH."""
+        of studies received interleaved still fill their requests - or, with concurrent
+        requests, one request's worth, so the other threads find work too; else _BATCH."""
         if isinstance(self.destination, StowDestination):
-            return min(_STOW_CLAIM * self.destination.max_instances, _STOW_CLAIM_MAX)
+            requests = _STOW_CLAIM if self.destination.requests == 1 else 1
+            return min(requests * self.destination.max_instances, _STOW_CLAIM_MAX)
         return _BATCH
 
     def _deliver_requests(self, sender: StowSender, batch: list[Claimed]) -> None:

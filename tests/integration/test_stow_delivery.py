@@ -10,6 +10,8 @@ from __future__ import annotations
 import base64
 import email.utils
 import hashlib
+import itertools
+import ssl
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -27,6 +29,7 @@ from router.delivery.worker import DestinationWorker
 from router.ingest.attributes import read_attributes
 from router.spool.spool import Spool
 from tests.support import dicomgen
+from tests.support.certs import TestCA
 from tests.support.hub import SOURCE, plaintext
 from tests.support.router_proc import wait_for
 from tests.support.stow_server import Answer, StowServer
@@ -121,6 +124,7 @@ def rig(
                 spool=spool,
                 queue=queue,
                 policy=policy,
+                threads=int(settings.get("requests", 1)),
             ),
             "archive": DestinationWorker(
                 stow_destination("archive", archive.url),
@@ -291,3 +295,49 @@ def test_a_stat_object_is_not_held_behind_a_bulk_backlog(tmp_path: Path) -> None
         check_outcome(r)
     # It went after at most the request in flight and the one just claimed.
     assert bulk_done <= 2 * MAX_INSTANCES, bulk_done
+
+
+def _tls_server(tmp_path: Path) -> tuple[StowServer, TestCA]:
+    """An HTTPS STOW-RS server whose certificate a private CA signed; it requires a client
+    certificate from the same CA."""
+    ca = TestCA(tmp_path / "pki")
+    server = ca.issue("localhost")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(ca.cert))
+    context.load_cert_chain(str(server.cert), str(server.key))
+    context.verify_mode = ssl.CERT_REQUIRED
+    return StowServer(tls=context), ca
+
+
+def test_tls_with_a_private_ca_and_a_client_certificate(tmp_path: Path) -> None:
+    pacs, ca = _tls_server(tmp_path)
+    unit = ca.issue("unit")
+    settings = {"ca_file": str(ca.cert), "client_cert": str(unit.cert), "client_key": str(unit.key)}
+    with rig(tmp_path, pacs=pacs, count=6, **settings) as r:
+        assert r.pacs.url.startswith("https://")
+        r.hold(r.files)
+        check_outcome(r)
+
+
+def test_a_server_certificate_not_trusted_blocks_the_destination(tmp_path: Path) -> None:
+    pacs, ca = _tls_server(tmp_path)
+    unit = ca.issue("unit")
+    settings = {"client_cert": str(unit.cert), "client_key": str(unit.key)}  # no ca_file
+    with rig(tmp_path, pacs=pacs, count=2, **settings) as r:
+        r.hold(r.files)
+        worker = r.workers["pacs"]
+        assert wait_for(lambda: worker.status.state == "blocked", timeout=30)
+        assert "certificate is not trusted" in worker.status.reason
+        assert "Check ca_file" in worker.status.reason
+        assert wait_for(lambda: r.states("archive") == {"delivered": 2}, timeout=30)
+        assert r.states("pacs") == {"pending": 2} and not r.pacs.stored
+
+
+def test_concurrent_requests_overlap(tmp_path: Path) -> None:
+    with rig(tmp_path, requests=3) as r:
+        r.pacs.script(*[Answer(delay=0.6) for _ in range(6)])
+        r.hold(r.files)
+        check_outcome(r)
+        log = sorted(r.pacs.log, key=lambda entry: entry.at)
+    # Answers held back 0.6 s each came close together: requests were in flight at once.
+    slow = [entry.at for entry in log[:6]]
+    assert min(b - a for a, b in itertools.pairwise(slow)) < 0.4, slow

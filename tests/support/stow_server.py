@@ -6,7 +6,8 @@ application/dicom+json. By default it stores everything (200). Queued :class:`An
 script the next requests, one each: an HTTP status with an optional Retry-After, partial
 success (202, every n-th instance failed with a FailureReason), 409 (all failed), a delay
 before answering (after storing), or a reset mid-request. ``max_body`` answers 413 to larger
-requests; ``authorization`` answers 401 to any other Authorization header.
+requests; ``authorization`` answers 401 to any other Authorization header; ``tls`` serves
+HTTPS with that context.
 
 What was stored is kept per SOP Instance UID: how many times and the SHA-256 of each copy,
 so tests count duplicates and compare bytes.
@@ -18,6 +19,7 @@ import hashlib
 import io
 import json
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -69,8 +71,15 @@ class Logged:
 class StowServer:
     """Start with ``with StowServer() as server:``; ``server.url`` is its service root."""
 
-    def __init__(self, *, max_body: int | None = None, authorization: str | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        max_body: int | None = None,
+        authorization: str | None = None,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
         self.max_body = max_body
+        self.tls = tls
         self.authorization = authorization
         self.stored: dict[str, Stored] = {}
         self.log: list[Logged] = []
@@ -78,6 +87,8 @@ class StowServer:
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self._server.daemon_threads = True
+        if tls is not None:  # the handshake happens at accept; a failed one drops the caller
+            self._server.socket = tls.wrap_socket(self._server.socket, server_side=True)
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
     @property
@@ -88,7 +99,8 @@ class StowServer:
     @property
     def url(self) -> str:
         """The DICOMweb service root."""
-        return f"http://127.0.0.1:{self.port}/dicom-web"
+        scheme = "https" if self.tls is not None else "http"
+        return f"{scheme}://127.0.0.1:{self.port}/dicom-web"
 
     def script(self, *answers: Answer) -> None:
         """Answer the next requests with these, in order (then store normally again)."""
