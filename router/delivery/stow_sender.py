@@ -66,14 +66,16 @@ class _Failed(Exception):
         super().__init__(outcome.kind)
         self.outcome = outcome
         self.object_id = object_id  # set when one object (unreadable) is the cause
-        self.answered = False  # True once any byte of an answer arrived
 
 
 class StowSender:
     """Posts batches of held objects to one STOW-RS server; one per worker thread."""
 
-    def __init__(self, destination: StowDestination, *, spool: Spool) -> None:
+    def __init__(
+        self, destination: StowDestination, *, spool: Spool, connect_timeout: float = 15.0
+    ) -> None:
         self.destination = destination
+        self.connect_timeout = connect_timeout
         self.spool = spool
         self._url = urlsplit(destination.url)
         self._conn: http.client.HTTPConnection | None = None
@@ -162,7 +164,7 @@ class StowSender:
         try:
             return self._post_once(parts)
         except _Failed as failed:
-            if not stale or failed.answered or failed.outcome.kind != "aborted":
+            if not stale or failed.outcome.kind != "aborted":
                 raise
             log.debug("%s: a kept connection had closed; trying a new one", self.destination.name)
             self.close()
@@ -271,7 +273,7 @@ class StowSender:
             return self._conn
         self.close()
         host, port = self._url.hostname or "", self._url.port
-        timeout = self.destination.timeout
+        timeout = min(self.connect_timeout, self.destination.timeout)
         conn: http.client.HTTPConnection
         if self._url.scheme == "https":
             settings = self.destination

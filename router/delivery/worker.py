@@ -142,7 +142,9 @@ class DestinationWorker:
     def _run(self) -> None:
         sender: DimseSender | HubSender | StowSender
         if isinstance(self.destination, StowDestination):
-            sender = StowSender(self.destination, spool=self.spool)
+            sender = StowSender(
+                self.destination, spool=self.spool, connect_timeout=self.timeouts.connect
+            )
         elif isinstance(self.destination, HubDestination):
             name = self.destination.name
             sender = HubSender(

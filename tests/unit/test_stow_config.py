@@ -10,7 +10,9 @@ import pytest
 
 from router.config import load_config
 from router.config.model import StowDestination
+from router.control.certificates import certificate_health
 from router.errors import ConfigError
+from tests.support.certs import TestCA
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
 
@@ -94,3 +96,13 @@ def test_a_misspelt_key_suggests_the_stow_key(tmp_path: Path) -> None:
     [problem] = problems(tmp_path, HEAD + 'url = "https://pacs"\nmax_instance = 3\n')
     assert ":8: destinations[0].max_instance: unknown key" in problem
     assert "did you mean 'max_instances'?" in problem
+
+
+def test_the_client_certificate_expiry_is_watched(tmp_path: Path) -> None:
+    unit = TestCA(tmp_path / "pki").issue("unit", days=10)
+    text = HEAD + (
+        f'url = "https://pacs"\nclient_cert = "{unit.cert}"\nclient_key = "{unit.key}"\n'
+    )
+    [item] = certificate_health(load_config(write(tmp_path, text)))
+    assert item.name == "tls certificate (cloud)"
+    assert item.state == "warn" and "renew it" in item.detail
