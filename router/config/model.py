@@ -15,6 +15,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -273,24 +274,27 @@ class HubDestination(_Strict):
 
 class StowDestination(_Strict):
     """A DICOMweb STOW-RS origin server (PS3.18): batched multipart/related POSTs to
-    ``{url}/studies`` (docs/delivery.md#stow-rs-destinations)."""
+    ``{url}/studies`` (docs/delivery.md#stow-rs-destinations).
+
+    Fields that depend on others are declared after them, so each check runs on the key it
+    is about and its error names that key's line."""
 
     name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")
     type: Literal["stow"]
-    # The DICOMweb service root, e.g. "https://pacs.example.org/dicom-web" (no query).
-    url: str
     # Tests only: allow an http:// URL (credentials and images would travel in clear).
     insecure_plain_http: bool = Field(default=False, strict=True)
-    auth: Literal["none", "basic", "bearer"] = "none"
+    # The DICOMweb service root, e.g. "https://pacs.example.org/dicom-web" (no query).
+    url: str
     username: str | None = Field(default=None, min_length=1, max_length=256)
     # One line each; read at every request, never logged.
     password_file: Path | None = None
     token_file: Path | None = None
+    auth: Literal["none", "basic", "bearer"] = Field(default="none", validate_default=True)
     # The CA that signed the server's certificate; the system's CAs when absent.
     ca_file: Path | None = None
     # The unit's client certificate and key (mutual TLS), if the server asks for one.
     client_cert: Path | None = None
-    client_key: Path | None = None
+    client_key: Path | None = Field(default=None, validate_default=True)
     # One request carries at most this many bytes of objects and this many objects; a
     # larger object goes alone.
     max_request_size: ByteSize = Field(default=4 * 1024 * 1024, ge=64 * 1024, le=1024**3)
@@ -306,7 +310,7 @@ class StowDestination(_Strict):
 
     @field_validator("url")
     @classmethod
-    def _url(cls, value: str) -> str:
+    def _url(cls, value: str, info: ValidationInfo) -> str:
         if not re.match(r"^https?://[^/\s?#@]+(/[^\s?#]*)?$", value):
             # The value is not echoed: it may hold a password.
             raise ValueError(
@@ -314,26 +318,33 @@ class StowDestination(_Strict):
                 '"https://pacs.example.org/dicom-web" (no credentials, query or fragment: '
                 "credentials go in password_file or token_file)"
             )
-        return value
-
-    @model_validator(mode="after")
-    def _consistent(self) -> StowDestination:
-        if self.url.startswith("http://") and not self.insecure_plain_http:
+        if value.startswith("http://") and not info.data.get("insecure_plain_http"):
             raise ValueError(
-                "url: a STOW-RS destination is reached over https:// (an http:// URL needs "
+                "a STOW-RS destination is reached over https:// (an http:// URL needs "
                 "insecure_plain_http = true, for tests only)"
             )
-        if self.auth == "basic" and (self.username is None or self.password_file is None):
+        return value
+
+    @field_validator("auth")
+    @classmethod
+    def _auth(cls, value: str, info: ValidationInfo) -> str:
+        given = {k for k in ("username", "password_file", "token_file") if info.data.get(k)}
+        if value == "basic" and not {"username", "password_file"} <= given:
             raise ValueError('auth = "basic" needs username and password_file')
-        if self.auth == "bearer" and self.token_file is None:
+        if value == "bearer" and "token_file" not in given:
             raise ValueError('auth = "bearer" needs token_file')
-        if self.auth != "basic" and (self.username or self.password_file):
+        if value != "basic" and given & {"username", "password_file"}:
             raise ValueError('username and password_file apply to auth = "basic" only')
-        if self.auth != "bearer" and self.token_file is not None:
+        if value != "bearer" and "token_file" in given:
             raise ValueError('token_file applies to auth = "bearer" only')
-        if (self.client_cert is None) != (self.client_key is None):
+        return value
+
+    @field_validator("client_key")
+    @classmethod
+    def _client_key(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        if (info.data.get("client_cert") is None) != (value is None):
             raise ValueError("client_cert and client_key go together (the unit's certificate)")
-        return self
+        return value
 
     @property
     def associations(self) -> int:

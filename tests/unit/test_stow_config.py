@@ -67,27 +67,31 @@ def test_relative_secret_and_certificate_paths_are_made_absolute(tmp_path: Path)
 
 
 @pytest.mark.parametrize(
-    ("body", "expected"),
+    ("body", "key", "expected"),
     [
-        ('url = "http://pacs:8042/dicom-web"\n', "insecure_plain_http = true"),
-        ('url = "https://user:secret@pacs/dicom-web"\n', "credentials go in password_file"),
-        ('url = "pacs/dicom-web"\n', "not a DICOMweb service URL"),
-        ('url = "https://pacs"\nauth = "basic"\nusername = "u"\n', "needs username and pass"),
-        ('url = "https://pacs"\nauth = "bearer"\n', 'auth = "bearer" needs token_file'),
-        ('url = "https://pacs"\ntoken_file = "t"\n', 'token_file applies to auth = "bearer"'),
-        ('url = "https://pacs"\nclient_cert = "c.pem"\n', "client_cert and client_key go together"),
-        ('url = "https://pacs"\nauth = "digest"\n', "'none', 'basic' or 'bearer'"),
-        ('url = "https://pacs"\nmax_instances = 0\n', "max_instances"),
-        ('url = "https://pacs"\nmax_request_size = "1 KiB"\n', "max_request_size"),
-        ('url = "https://pacs"\nrequests = 9\n', "requests"),
+        ('url = "http://pacs:8042/dicom-web"\n', "url", "insecure_plain_http = true"),
+        ('url = "https://user:secret@pacs/dicom-web"\n', "url", "credentials go in password_file"),
+        ('url = "pacs/dicom-web"\n', "url", "not a DICOMweb service URL"),
+        ('url = "https://pacs"\nauth = "basic"\nusername = "u"\n', "auth", "needs username"),
+        ('url = "https://pacs"\nauth = "bearer"\n', "auth", 'auth = "bearer" needs token_file'),
+        ('url = "https://pacs"\ntoken_file = "t"\n', "auth", "token_file applies to"),
+        ('url = "https://pacs"\nclient_cert = "c.pem"\n', "client_key", "go together"),
+        ('url = "https://pacs"\nauth = "digest"\n', "auth", "'none', 'basic' or 'bearer'"),
+        ('url = "https://pacs"\nmax_instances = 0\n', "max_instances", "equal to 1"),
+        ('url = "https://pacs"\nmax_request_size = "1 KiB"\n', "max_request_size", "65536"),
+        ('url = "https://pacs"\nrequests = 9\n', "requests", "less than or equal to 8"),
     ],
 )  # fmt: skip
-def test_mistakes_are_explained_with_file_and_line(
-    tmp_path: Path, body: str, expected: str
+def test_mistakes_are_explained_with_file_line_and_key(
+    tmp_path: Path, body: str, key: str, expected: str
 ) -> None:
-    [problem] = problems(tmp_path, HEAD + body)
-    assert problem.startswith(f"{tmp_path / 'waystation.toml'}:")
-    assert re.match(r".*waystation\.toml:\d+: destinations\[0\]", problem), problem
+    text = HEAD + body
+    [problem] = problems(tmp_path, text)
+    lines = text.splitlines()
+    # The key's own line when it is written, else the destination's table.
+    written = [i for i, line in enumerate(lines, 1) if line.startswith(f"{key} =")]
+    line = written[0] if written else lines.index("[[destinations]]") + 1
+    assert problem.startswith(f"{tmp_path / 'waystation.toml'}:{line}: destinations[0].{key}: ")
     assert expected in problem, problem
     assert "secret" not in problem  # a password in a URL is never repeated
 
