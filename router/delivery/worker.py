@@ -191,7 +191,19 @@ class DestinationWorker:
             return
         self._set("sending", "")
         if isinstance(sender, StowSender):
-            self._deliver_requests(sender, batch)
+            try:
+                self._deliver_requests(sender, batch)
+            except Exception as exc:  # never leave a batch stuck in flight
+                log.error(
+                    "delivery to %s: unexpected %s; objects retried later",
+                    name,
+                    type(exc).__name__,
+                )
+                sender.close()
+                outcome = Outcome("aborted", detail=type(exc).__name__)
+                verdict = Classification("transient", f"{name}: unexpected problem.")
+                for claimed in batch:  # only those still in flight change
+                    self._settle(claimed, verdict, outcome)
             return
         for index, claimed in enumerate(batch):
             self._heartbeat().working()  # one object answered: progress

@@ -24,10 +24,12 @@ import pytest
 from router.config.model import SpoolConfig, StowDestination
 from router.core.objects import PlannedDelivery
 from router.core.retry import BackoffPolicy
+from router.core.stow import Item
 from router.delivery.queue import DeliveryQueue
+from router.delivery.stow_sender import StowSender
 from router.delivery.worker import DestinationWorker
 from router.ingest.attributes import read_attributes
-from router.spool.spool import Spool
+from router.spool.spool import HeldObject, Spool
 from tests.support import dicomgen
 from tests.support.certs import TestCA
 from tests.support.hub import SOURCE, plaintext
@@ -341,3 +343,22 @@ def test_concurrent_requests_overlap(tmp_path: Path) -> None:
     # Answers held back 0.6 s each came close together: requests were in flight at once.
     slow = [entry.at for entry in log[:6]]
     assert min(b - a for a, b in itertools.pairwise(slow)) < 0.4, slow
+
+
+def test_an_unexpected_error_leaves_nothing_in_flight(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = StowSender.item_of
+    calls = {"n": 0}
+
+    def flaky(self: StowSender, held: HeldObject, priority: int) -> Item:
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("unexpected")
+        return real(self, held, priority)
+
+    monkeypatch.setattr(StowSender, "item_of", flaky)
+    with rig(tmp_path, count=6) as r:
+        r.hold(r.files)
+        check_outcome(r)
+        assert calls["n"] > 6  # the batch was retried after the error
