@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -362,3 +362,16 @@ def test_an_unexpected_error_leaves_nothing_in_flight(
         r.hold(r.files)
         check_outcome(r)
         assert calls["n"] > 6  # the batch was retried after the error
+
+
+def test_the_time_limit_grows_with_size_and_follows_the_measured_rate() -> None:
+    destination = stow_destination("x", "http://127.0.0.1:9/dicom-web", timeout=10.0)
+    sender = StowSender(destination, spool=cast(Spool, None))
+    kib16 = 16 * 1024
+    assert sender.allowance(0) == 10.0
+    assert sender.allowance(100 * kib16) == pytest.approx(110.0)  # at min_rate, 16 KiB/s
+    sender.rate.observe(4_000_000, 1.0)  # 4 MB/s measured: a quarter of it is assumed
+    assert sender.allowance(4_000_000) == pytest.approx(14.0)
+    for _ in range(30):  # the link got slow: the limit follows, never below min_rate's
+        sender.rate.observe(1_000, 1.0)
+    assert sender.allowance(100 * kib16) == pytest.approx(110.0)
