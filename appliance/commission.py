@@ -19,6 +19,7 @@ from appliance.tls import certificate_fingerprint, ensure_certificate
 from router import __version__
 from router.config import load_config
 from router.config.model import Config, HubDestination, StowDestination
+from router.control.echo import check_stow
 from router.delivery.dimse import Timeouts, echo
 from router.spool import keys
 from router.spool.crypto import choose_cipher
@@ -108,8 +109,18 @@ def commission(
             )
             continue
         if isinstance(destination, StowDestination):
-            # Not a DICOM peer and no side-effect-free STOW-RS test exists: its first
-            # delivery is the test (the console shows its state and reason).
+            # Not a DICOM peer: reach it as delivery will (TLS, credentials), storing nothing.
+            started = time.time()
+            tested = check_stow(destination, timeouts=timeouts)
+            report.tests.append(
+                TestResult(
+                    f"STOW-RS {destination.name} ({destination.url})",
+                    tested.ok,
+                    tested.message,
+                    started,
+                    time.time(),
+                )
+            )
             continue
         started = time.time()
         result = echo(destination, config.unit.ae_title, timeouts)

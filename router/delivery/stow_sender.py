@@ -17,28 +17,20 @@ for ever.
 
 from __future__ import annotations
 
-import base64
-import contextlib
 import datetime as dt
 import http.client
 import logging
 import secrets
-import ssl
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 from router.config.model import StowDestination
 from router.core import stow
 from router.core.retry import Outcome
 from router.core.stow import Item
-from router.delivery.http_connection import (
-    BbrHTTPConnection,
-    BbrHTTPSConnection,
-    client_tls_context,
-)
+from router.delivery.stow_client import RequestFailed, StowClient
 from router.errors import IntegrityError
 from router.spool.spool import HeldObject, Spool
 from router.wan.chunking import ChunkSizer
@@ -59,15 +51,6 @@ class Part:
     held: HeldObject
 
 
-class _Failed(Exception):
-    """Ends a request attempt with one outcome for all its objects (or one object)."""
-
-    def __init__(self, outcome: Outcome, object_id: str | None = None) -> None:
-        super().__init__(outcome.kind)
-        self.outcome = outcome
-        self.object_id = object_id  # set when one object (unreadable) is the cause
-
-
 class StowSender:
     """Posts batches of held objects to one STOW-RS server; one per worker thread."""
 
@@ -75,10 +58,8 @@ class StowSender:
         self, destination: StowDestination, *, spool: Spool, connect_timeout: float = 15.0
     ) -> None:
         self.destination = destination
-        self.connect_timeout = connect_timeout
+        self.client = StowClient(destination, connect_timeout=connect_timeout)
         self.spool = spool
-        self._url = urlsplit(destination.url)
-        self._conn: http.client.HTTPConnection | None = None
         self._last_used = time.monotonic()
         self._last_request = 0.0
         self.rate = ChunkSizer()  # only its smoothed rate estimate is used
@@ -94,10 +75,7 @@ class StowSender:
 
     def close(self) -> None:
         """Close the connection (a new one is made when needed)."""
-        if self._conn is not None:
-            with contextlib.suppress(Exception):
-                self._conn.close()
-            self._conn = None
+        self.client.close()
 
     def item_of(self, held: HeldObject, priority: int) -> Item:
         """What the request plan needs of a held object (UIDs from its sealed metadata)."""
@@ -133,7 +111,7 @@ class StowSender:
         request = [part.item for part in parts]
         try:
             status, content_type, body, retry_after, reason = self._post(parts)
-        except _Failed as failed:
+        except RequestFailed as failed:
             self.close()
             if failed.object_id is None:
                 return {part.item.object_id: failed.outcome for part in parts}
@@ -160,10 +138,12 @@ class StowSender:
 
     def _post(self, parts: list[Part]) -> tuple[int, str, bytes, float | None, str]:
         """Send the request (once more on a fresh connection if a kept one had closed)."""
-        stale = self._conn is not None and (time.monotonic() - self._last_request > _STALE_AFTER)
+        stale = self.client.conn is not None and (
+            time.monotonic() - self._last_request > _STALE_AFTER
+        )
         try:
             return self._post_once(parts)
-        except _Failed as failed:
+        except RequestFailed as failed:
             if not stale or failed.outcome.kind != "aborted":
                 raise
             log.debug("%s: a kept connection had closed; trying a new one", self.destination.name)
@@ -179,15 +159,15 @@ class StowSender:
         length = sum(len(h) + p.held.size + 2 for h, p in zip(heads, parts, strict=True))
         length += len(tail)
         study = parts[0].item.study_uid if self.destination.batch == "study" else ""
-        path = self._url.path.rstrip("/") + "/studies" + (f"/{quote(study)}" if study else "")
+        path = self.client.path("/studies" + (f"/{quote(study)}" if study else ""))
         headers = {
             "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
             "Content-Length": str(length),
             "Accept": _ACCEPT,
-            **self._authorization(),
+            **self.client.authorization(),
         }
         deadline = time.monotonic() + self.allowance(length)
-        conn = self._connection()
+        conn = self.client.connection()
         self._last_request = time.monotonic()
         started = time.monotonic()
         try:
@@ -203,14 +183,14 @@ class StowSender:
             self._until(conn, deadline)
             answer = conn.getresponse()
             body = answer.read(_MAX_ANSWER)
-        except _Failed:
+        except RequestFailed:
             raise
         except TimeoutError:
-            raise _Failed(
+            raise RequestFailed(
                 Outcome("no-response", detail=f"no answer within {self.allowance(length):.0f} s")
             ) from None
         except (OSError, http.client.HTTPException) as exc:
-            raise _Failed(Outcome("aborted", detail=type(exc).__name__)) from None
+            raise RequestFailed(Outcome("aborted", detail=type(exc).__name__)) from None
         self.requests_sent += 1
         if 200 <= answer.status < 300:
             self.rate.observe(length, time.monotonic() - started)
@@ -225,7 +205,9 @@ class StowSender:
         try:
             reader = self.spool.open_object(part.held)
         except IntegrityError as exc:
-            raise _Failed(Outcome("unreadable", detail=str(exc)), part.item.object_id) from None
+            raise RequestFailed(
+                Outcome("unreadable", detail=str(exc)), part.item.object_id
+            ) from None
         with reader:
             buffer = bytearray(_PIECE)
             view = memoryview(buffer)
@@ -234,11 +216,11 @@ class StowSender:
                 try:
                     n = reader.readinto(view[: min(_PIECE, left)])
                 except IntegrityError as exc:
-                    raise _Failed(
+                    raise RequestFailed(
                         Outcome("unreadable", detail=str(exc)), part.item.object_id
                     ) from None
                 if not n:
-                    raise _Failed(
+                    raise RequestFailed(
                         Outcome("unreadable", detail="shorter than its recorded size"),
                         part.item.object_id,
                     )
@@ -265,77 +247,6 @@ class StowSender:
         measured = (self.rate.rate or 0.0) / 4
         rate = max(float(self.destination.min_rate), measured)
         return self.destination.timeout + length / rate
-
-    # -- connection and credentials --------------------------------------------------------
-
-    def _connection(self) -> http.client.HTTPConnection:
-        if self._conn is not None and self._conn.sock is not None:
-            return self._conn
-        self.close()
-        host, port = self._url.hostname or "", self._url.port
-        timeout = min(self.connect_timeout, self.destination.timeout)
-        conn: http.client.HTTPConnection
-        if self._url.scheme == "https":
-            settings = self.destination
-            try:
-                context = client_tls_context(
-                    settings.ca_file, settings.client_cert, settings.client_key
-                )
-            except (OSError, ssl.SSLError) as exc:
-                raise _Failed(
-                    Outcome("http-tls", detail=f"the TLS files cannot be loaded ({exc})")
-                ) from None
-            conn = BbrHTTPSConnection(host, port, timeout=timeout, context=context)
-        else:
-            conn = BbrHTTPConnection(host, port, timeout=timeout)
-        try:
-            conn.connect()
-        except ssl.SSLCertVerificationError as exc:
-            conn.close()
-            detail = exc.verify_message or "not trusted"
-            raise _Failed(
-                Outcome("http-tls", detail=f"the server's certificate is not trusted ({detail})")
-            ) from None
-        except ssl.SSLError as exc:
-            conn.close()
-            raise _Failed(
-                Outcome("unreachable", detail=f"TLS handshake failed: {exc.reason}")
-            ) from None
-        except ConnectionRefusedError:
-            conn.close()
-            raise _Failed(Outcome("refused")) from None
-        except (OSError, http.client.HTTPException) as exc:
-            conn.close()
-            raise _Failed(Outcome("unreachable", detail=type(exc).__name__)) from None
-        self._conn = conn
-        return conn
-
-    def _authorization(self) -> dict[str, str]:
-        """The Authorization header (secrets read from their files at every request, so a
-        replaced file takes effect at once; never logged)."""
-        settings = self.destination
-        if settings.auth == "bearer" and settings.token_file is not None:
-            return {"Authorization": f"Bearer {_secret(settings.token_file, 'token file')}"}
-        if settings.auth == "basic" and settings.password_file is not None:
-            password = _secret(settings.password_file, "password file")
-            pair = f"{settings.username}:{password}".encode()
-            return {"Authorization": "Basic " + _b64(pair)}
-        return {}
-
-
-def _secret(path: Path, what: str) -> str:
-    try:
-        text = path.read_text(encoding="utf-8").strip()
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = getattr(exc, "strerror", None) or type(exc).__name__
-        raise _Failed(Outcome("http-auth", detail=f"cannot read the {what} ({reason})")) from None
-    if not text:
-        raise _Failed(Outcome("http-auth", detail=f"the {what} is empty"))
-    return text
-
-
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
 
 
 def _detail(status: int, reason: str, response: stow.StoreResponse) -> str:

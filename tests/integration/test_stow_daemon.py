@@ -76,6 +76,9 @@ def test_orthanc_stores_every_object_bit_exact(tmp_path: Path) -> None:
             [view] = router.client().destinations()
             assert (view.kind, view.address) == ("stow", orthanc.dicomweb_url)
             assert view.state in ("idle", "sending") and view.failed == 0
+            # The console's "test the connection": an HTTP check, storing nothing.
+            tested = router.client().echo("orthanc")
+            assert tested.ok and tested.status == 200, tested
         expected = unit_digests(config)
         assert len(expected) == 13
         stored = {}

@@ -22,9 +22,11 @@ from typing import Any, cast
 import pytest
 
 from router.config.model import SpoolConfig, StowDestination
+from router.control.echo import check_stow
 from router.core.objects import PlannedDelivery
 from router.core.retry import BackoffPolicy
 from router.core.stow import Item
+from router.delivery.dimse import Timeouts
 from router.delivery.queue import DeliveryQueue
 from router.delivery.stow_sender import StowSender
 from router.delivery.worker import DestinationWorker
@@ -33,7 +35,7 @@ from router.spool.spool import HeldObject, Spool
 from tests.support import dicomgen
 from tests.support.certs import TestCA
 from tests.support.hub import SOURCE, plaintext
-from tests.support.router_proc import wait_for
+from tests.support.router_proc import free_port, wait_for
 from tests.support.stow_server import Answer, StowServer
 
 COUNT = 24  # tiny objects over 4 studies
@@ -375,3 +377,26 @@ def test_the_time_limit_grows_with_size_and_follows_the_measured_rate() -> None:
     for _ in range(30):  # the link got slow: the limit follows, never below min_rate's
         sender.rate.observe(1_000, 1.0)
     assert sender.allowance(100 * kib16) == pytest.approx(110.0)
+
+
+def test_the_connection_test_stores_nothing_and_says_what_is_wrong(tmp_path: Path) -> None:
+    timeouts = Timeouts(connect=5.0)
+    password = tmp_path / "password"
+    password.write_text("right\n")
+    expected = "Basic " + base64.b64encode(b"unit:right").decode()
+    basic = {"auth": "basic", "username": "unit", "password_file": str(password)}
+    with StowServer(authorization=expected) as server:
+        good = check_stow(stow_destination("pacs", server.url, **basic), timeouts=timeouts)
+        assert good.ok and good.status == 200, good
+        assert "reachable, trusted and does not refuse this unit" in good.message
+        password.write_text("wrong\n")
+        refused = check_stow(stow_destination("pacs", server.url, **basic), timeouts=timeouts)
+        assert not refused.ok and "refuses our credentials (HTTP 401" in refused.message
+        assert not server.stored  # nothing was posted
+    closed = f"http://127.0.0.1:{free_port()}/dicom-web"
+    nobody = check_stow(stow_destination("pacs", closed), timeouts=timeouts)
+    assert not nobody.ok and "not accepting connections" in nobody.message
+    tls_server, _ = _tls_server(tmp_path)
+    with tls_server:
+        untrusted = check_stow(stow_destination("pacs", tls_server.url), timeouts=timeouts)
+    assert not untrusted.ok and "certificate is not trusted" in untrusted.message

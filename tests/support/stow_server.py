@@ -158,6 +158,19 @@ def _handler(server: StowServer) -> type[BaseHTTPRequestHandler]:
         def log_message(self, format: str, *args: object) -> None:
             return
 
+        def do_GET(self) -> None:
+            # A search (QIDO-RS) answers an empty list: enough for a connection test.
+            if server.authorization is not None and (
+                self.headers.get("Authorization") != server.authorization
+            ):
+                self._answer(401, {}, 0, 0)
+                return
+            self.send_response(200)
+            self.send_header("Content-Type", "application/dicom+json")
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"[]")
+
         def do_POST(self) -> None:
             answer = server.next_answer()
             length = int(self.headers.get("Content-Length") or 0)
