@@ -5,6 +5,7 @@ servers through a kill -9 of the router in the middle of a request."""
 from __future__ import annotations
 
 import hashlib
+import time
 from pathlib import Path
 
 from router.config.load import load_config
@@ -106,7 +107,7 @@ def test_kill9_mid_request_then_complete_delivery(tmp_path: Path) -> None:
         try:
             assert storescu(files, port=port, aec="WAYSTATION").ok
             assert wait_for(lambda: len(pacs.stored) > 0, timeout=60)
-            in_flight = len(pacs.stored)
+            time.sleep(0.5)  # the server records the whole request, then holds its answer
             router.kill9()
             router = RouterProcess(config).start()
             assert wait_for(
@@ -120,5 +121,5 @@ def test_kill9_mid_request_then_complete_delivery(tmp_path: Path) -> None:
             assert len(server.stored) == 20  # nothing lost
             assert {d for entry in server.stored.values() for d in entry.sha256} == expected
         # Sent again: at most the request that was waiting for its answer at the kill.
-        assert pacs.duplicates() <= in_flight <= MAX_INSTANCES
+        assert 1 <= pacs.duplicates() <= MAX_INSTANCES
         assert archive.duplicates() <= MAX_INSTANCES
