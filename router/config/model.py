@@ -307,6 +307,16 @@ class StowDestination(_Strict):
     # of the measured rate before it is given up (and sent again later).
     timeout: Seconds = Field(default=60.0, ge=1, le=3600)
     min_rate: ByteSize = Field(default=16 * 1024, ge=1024)
+    # Cap, weekly calendar of caps and byte budgets on the wire, as for hub destinations
+    # (polite mode is the hub sender's only).
+    rate: RateConfig = Field(default_factory=RateConfig)
+
+    @field_validator("rate")
+    @classmethod
+    def _no_polite(cls, value: RateConfig) -> RateConfig:
+        if value.polite:
+            raise ValueError("polite mode is for hub destinations only")
+        return value
 
     @field_validator("url")
     @classmethod

@@ -30,6 +30,7 @@ from router.config.model import StowDestination
 from router.core import stow
 from router.core.retry import Outcome
 from router.core.stow import Item
+from router.delivery.shared_gate import SharedGate
 from router.delivery.stow_client import RequestFailed, StowClient
 from router.errors import IntegrityError
 from router.spool.spool import HeldObject, Spool
@@ -41,6 +42,9 @@ _PIECE = 256 * 1024  # bytes read from the spool and handed to the socket at a t
 _MAX_ANSWER = 16 * 1024 * 1024  # a Store Instances Response is small; more is not read
 _STALE_AFTER = 2.0  # seconds idle after which a kept connection may have been closed
 _ACCEPT = "application/dicom+json, application/dicom+xml;q=0.5"
+# A rate-gate wait longer than this gives the objects back to the queue until then.
+_LONGEST_GATE_WAIT = 30.0
+_STAT = 0
 
 
 @dataclass(frozen=True)
@@ -55,9 +59,16 @@ class StowSender:
     """Posts batches of held objects to one STOW-RS server; one per worker thread."""
 
     def __init__(
-        self, destination: StowDestination, *, spool: Spool, connect_timeout: float = 15.0
+        self,
+        destination: StowDestination,
+        *,
+        spool: Spool,
+        connect_timeout: float = 15.0,
+        gate: SharedGate | None = None,
     ) -> None:
         self.destination = destination
+        self.gate = gate  # the destination's cap, calendar and budgets (shared by threads)
+        self._stat = False
         self.client = StowClient(destination, connect_timeout=connect_timeout)
         self.spool = spool
         self._last_used = time.monotonic()
@@ -99,11 +110,48 @@ class StowSender:
 
     def send(self, parts: Sequence[Part]) -> dict[str, Outcome]:
         """Post one request; each object's outcome by object id. Never raises for network
-        trouble. A 413 answer splits the request and sends the halves at once."""
+        trouble. A 413 answer splits the request and sends the halves at once. When the rate
+        gate holds sending back for long (a used-up budget, a paused window), every object's
+        outcome is "held" with the wait, and nothing is sent."""
+        self._stat = bool(parts) and parts[0].item.priority == _STAT
         try:
+            held = self._wait_for_gate(sum(part.held.size for part in parts))
+            if held is not None:
+                return {part.item.object_id: held for part in parts}
             return self._send(list(parts))
         finally:
             self._last_used = time.monotonic()
+            if self.gate is not None and self.gate.limited:
+                self.gate.save()
+
+    # -- the rate gate ---------------------------------------------------------------------
+
+    def _wait_for_gate(self, nbytes: int) -> Outcome | None:
+        """Wait (briefly) until the gate lets a request of ``nbytes`` start; a long wait
+        gives the objects back instead. A budget is checked here, once per request, so it is
+        overshot by at most one request."""
+        if self.gate is None or not self.gate.limited:
+            return None
+        while True:
+            decision = self.gate.ask(nbytes, stat=self._stat)
+            if decision.allowed:
+                return None
+            if decision.wait > _LONGEST_GATE_WAIT:
+                return Outcome("held", detail=decision.reason, retry_after=decision.wait)
+            time.sleep(min(decision.wait, 1.0))
+
+    def _pace(self, nbytes: int) -> None:
+        """Hold a request's bytes to the cap in force, piece by piece. A long wait that
+        begins mid-request (a paused window) does not stop it: finishing costs less than
+        sending it all again."""
+        if self.gate is None or not self.gate.limited:
+            return
+        while True:
+            decision = self.gate.ask(nbytes, stat=self._stat)
+            if decision.allowed or decision.wait > _LONGEST_GATE_WAIT:
+                break
+            time.sleep(min(decision.wait, 1.0))
+        self.gate.sent(nbytes, stat=self._stat)
 
     # -- one request -----------------------------------------------------------------------
 
@@ -231,6 +279,7 @@ class StowSender:
     def _write(
         self, conn: http.client.HTTPConnection, data: bytes | memoryview, when: float
     ) -> None:
+        self._pace(len(data))
         self._until(conn, when)
         conn.send(data)
 
@@ -246,6 +295,9 @@ class StowSender:
         """Seconds a request of ``length`` bytes may take, answer included."""
         measured = (self.rate.rate or 0.0) / 4
         rate = max(float(self.destination.min_rate), measured)
+        cap = self.gate.cap_bytes_per_second() if self.gate is not None else None
+        if cap:  # held to a cap: the request cannot go faster than that
+            rate = min(rate, cap)
         return self.destination.timeout + length / rate
 
 

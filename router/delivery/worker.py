@@ -14,6 +14,7 @@ from router.core.stow import Item
 from router.delivery.dimse import DimseSender, Timeouts
 from router.delivery.hub_sender import HubSender
 from router.delivery.queue import Claimed, DeliveryQueue
+from router.delivery.shared_gate import SharedGate
 from router.delivery.stow_sender import Part, StowSender
 from router.health.liveness import Heartbeat
 from router.spool.spool import Spool
@@ -105,6 +106,12 @@ class DestinationWorker:
             threading.Thread(target=self._run, name=f"deliver-{destination.name}-{i}", daemon=True)
             for i in range(max(1, threads))
         ]
+        # A STOW-RS destination's cap and budgets hold for all its threads together.
+        self._gate = (
+            SharedGate(spool, destination.name, destination.rate)
+            if isinstance(destination, StowDestination)
+            else None
+        )
         # The service watchdog checks them: one per thread, keyed by thread name.
         self.heartbeats = {thread.name: Heartbeat() for thread in self._threads}
 
@@ -143,7 +150,10 @@ class DestinationWorker:
         sender: DimseSender | HubSender | StowSender
         if isinstance(self.destination, StowDestination):
             sender = StowSender(
-                self.destination, spool=self.spool, connect_timeout=self.timeouts.connect
+                self.destination,
+                spool=self.spool,
+                connect_timeout=self.timeouts.connect,
+                gate=self._gate,
             )
         elif isinstance(self.destination, HubDestination):
             name = self.destination.name
@@ -331,6 +341,15 @@ class DestinationWorker:
         first = outcomes[request[0].object_id]
         verdict = self._classify(first)
         claimed = [by_id[item.object_id] for item in request]
+        if first.kind == "held":
+            # The rate gate holds sending back (a used-up budget, a paused window): the
+            # objects wait, uncounted, until the gate opens.
+            until = time.time() + (first.retry_after or 60.0)
+            self.queue.release(self.destination.name, claimed + unsent, until)
+            with self._lock:
+                self._down_until = until
+            self._set("waiting", verdict.reason, next_retry_at=until)
+            return True
         if first.kind in _DESTINATION_DOWN:
             self._destination_down(verdict, claimed[0], claimed[1:] + unsent)
             return True

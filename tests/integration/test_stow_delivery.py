@@ -400,3 +400,39 @@ def test_the_connection_test_stores_nothing_and_says_what_is_wrong(tmp_path: Pat
     with tls_server:
         untrusted = check_stow(stow_destination("pacs", tls_server.url), timeouts=timeouts)
     assert not untrusted.ok and "certificate is not trusted" in untrusted.message
+
+
+def test_a_daily_budget_holds_sending_back_except_stat(tmp_path: Path) -> None:
+    with rig(tmp_path, count=25, rate={"daily_budget": "40 KB"}) as r:
+        routine, stat = r.files[:24], r.files[24:]
+        r.hold(routine)
+        worker = r.workers["pacs"]
+        assert wait_for(lambda: "data budget is used up" in worker.status.reason, timeout=30)
+        assert worker.status.state == "waiting"
+        sent = sum(entry.body_bytes for entry in r.pacs.log)
+        one_request = max(entry.body_bytes for entry in r.pacs.log)
+        # Checked before each request: overshoot at most one request.
+        assert 40_000 <= sent <= 40_000 + one_request, (sent, one_request)
+        states = r.states("pacs")
+        assert states.get("failed", 0) == 0 and states.get("pending", 0) > 0  # waiting, not lost
+        assert wait_for(lambda: r.states("archive") == {"delivered": 24}, timeout=30)
+        # STAT goes even with the budget used up (stat_exempt, the default).
+        [stat_id] = r.hold(stat, priority="stat")
+        worker.retry_now()
+        assert wait_for(
+            lambda: r.spool.reader_connection().execute(
+                "SELECT state FROM deliveries WHERE object_id = ? AND destination = 'pacs'",
+                (stat_id,)).fetchone()[0] == "delivered",
+            timeout=30,
+        )  # fmt: skip
+
+
+def test_a_cap_paces_the_requests(tmp_path: Path) -> None:
+    with rig(tmp_path, rate={"cap": "400 kbit/s", "burst": "16 KiB"}) as r:
+        started = time.monotonic()
+        r.hold(r.files)
+        check_outcome(r)
+        elapsed = time.monotonic() - started
+        sent = sum(entry.body_bytes for entry in r.pacs.log)
+    # 50 kB/s after a 16 KiB burst (a loaded machine is only slower).
+    assert elapsed >= (sent - 16 * 1024) / 50_000 * 0.9, (elapsed, sent)
