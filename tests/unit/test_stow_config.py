@@ -110,3 +110,12 @@ def test_the_client_certificate_expiry_is_watched(tmp_path: Path) -> None:
     [item] = certificate_health(load_config(write(tmp_path, text)))
     assert item.name == "tls certificate (cloud)"
     assert item.state == "warn" and "renew it" in item.detail
+
+
+def test_a_rate_table_applies_but_not_polite_mode(tmp_path: Path) -> None:
+    rate = '[destinations.rate]\ncap = "2 Mbit/s"\ndaily_budget = "3 GB"\n'
+    [cloud] = load_config(write(tmp_path, HEAD + 'url = "https://pacs"\n' + rate)).destinations
+    assert isinstance(cloud, StowDestination)
+    assert cloud.rate.policy().bits_per_second == 2_000_000
+    [problem] = problems(tmp_path, HEAD + 'url = "https://pacs"\n' + rate + "polite = true\n")
+    assert "destinations[0].rate: polite mode is for hub destinations only" in problem
