@@ -82,6 +82,8 @@ def test_orthanc_stores_every_object_bit_exact(tmp_path: Path) -> None:
             assert tested.ok and tested.status == 200, tested
         expected = unit_digests(config)
         assert len(expected) == 13
+        log = (config.parent / "router.log").read_text()
+        assert "orthanc" in log and not any(uid in log for uid in expected)  # no UIDs logged
         stored = {}
         for orthanc_id in orthanc.instances():
             uid = str(orthanc.instance_tags(orthanc_id)["SOPInstanceUID"])
