@@ -8,14 +8,12 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from router.config.model import AnyDestination, HubDestination, StowDestination
+from router.config.model import AnyDestination, DimseDestination, HubDestination
 from router.core.retry import BackoffPolicy, Classification, Outcome, classify
-from router.core.stow import Item
 from router.delivery.dimse import DimseSender, Timeouts
 from router.delivery.hub_sender import HubSender
 from router.delivery.queue import Claimed, DeliveryQueue
-from router.delivery.shared_gate import SharedGate
-from router.delivery.stow_sender import Part, StowSender
+from router.delivery.stow_sender import StowSender
 from router.health.liveness import Heartbeat
 from router.spool.spool import Spool
 
@@ -30,7 +28,7 @@ log = logging.getLogger("waystation.delivery")
 # the destination shows as blocked until it accepts this unit.
 # A hub refusing this unit's token, or a hub certificate not trusted, is the same.
 # A STOW-RS server refusing our credentials (HTTP 401/403) or not trusted is the same.
-_DESTINATION_DOWN = {
+DESTINATION_DOWN = {
     "refused",
     "unreachable",
     "rejected",
@@ -43,10 +41,9 @@ _RECEIPT_POLL_SECONDS = 10.0
 # Below the association's network timeout, so an idle association is released, not aborted.
 _IDLE_RELEASE_SECONDS = 10.0
 _BATCH = 8
-# Claimed but not yet sent costs nothing at a crash (it is simply pending again).
-_STOW_CLAIM = 4
-_STOW_CLAIM_MAX = 500
 _IDLE_POLL_SECONDS = 1.0
+# What a worker thread sends with (a STOW-RS worker's is a StowSender).
+Sender = DimseSender | HubSender | StowSender
 # C-STORE priority (PS3.7): stat and urgent HIGH (1), routine MEDIUM (0), bulk LOW (2).
 _DICOM_PRIORITY = {0: 1, 1: 1, 2: 0, 3: 2}
 
@@ -106,12 +103,6 @@ class DestinationWorker:
             threading.Thread(target=self._run, name=f"deliver-{destination.name}-{i}", daemon=True)
             for i in range(max(1, threads))
         ]
-        # A STOW-RS destination's cap and budgets hold for all its threads together.
-        self._gate = (
-            SharedGate(spool, destination.name, destination.rate)
-            if isinstance(destination, StowDestination)
-            else None
-        )
         # The service watchdog checks them: one per thread, keyed by thread name.
         self.heartbeats = {thread.name: Heartbeat() for thread in self._threads}
 
@@ -146,26 +137,26 @@ class DestinationWorker:
         for thread in self._threads:
             thread.join(timeout=timeout)
 
-    def _run(self) -> None:
-        sender: DimseSender | HubSender | StowSender
-        if isinstance(self.destination, StowDestination):
-            sender = StowSender(
-                self.destination,
-                spool=self.spool,
-                connect_timeout=self.timeouts.connect,
-                gate=self._gate,
-            )
-        elif isinstance(self.destination, HubDestination):
+    def _make_sender(self) -> Sender:
+        """This thread's sender for the destination (one per thread)."""
+        sender: Sender
+        if isinstance(self.destination, HubDestination):
             name = self.destination.name
             sender = HubSender(
                 self.destination,
                 spool=self.spool,
                 more_urgent=lambda priority: self.queue.has_more_urgent(name, priority),
             )
-        else:
+        elif isinstance(self.destination, DimseDestination):
             sender = DimseSender(
                 self.destination, unit_ae=self.unit_ae, spool=self.spool, timeouts=self.timeouts
             )
+        else:  # assembly.delivery_workers gives these a StowWorker
+            raise TypeError(f"{self.destination.name}: a STOW-RS destination needs a StowWorker")
+        return sender
+
+    def _run(self) -> None:
+        sender = self._make_sender()
         try:
             while not self._stop.is_set():
                 self._heartbeat().working()
@@ -177,7 +168,7 @@ class DestinationWorker:
         finally:
             sender.close()
 
-    def _step(self, sender: DimseSender | HubSender | StowSender) -> None:
+    def _step(self, sender: Sender) -> None:
         name = self.destination.name
         if self.queue.is_paused(name):
             self._set("paused", "Paused by an operator.")
@@ -200,21 +191,11 @@ class DestinationWorker:
             self._sleep(min(_IDLE_POLL_SECONDS, max(0.05, due - time.time())) if due else 1.0)
             return
         self._set("sending", "")
-        if isinstance(sender, StowSender):
-            try:
-                self._deliver_requests(sender, batch)
-            except Exception as exc:  # never leave a batch stuck in flight
-                log.error(
-                    "delivery to %s: unexpected %s; objects retried later",
-                    name,
-                    type(exc).__name__,
-                )
-                sender.close()
-                outcome = Outcome("aborted", detail=type(exc).__name__)
-                verdict = Classification("transient", f"{name}: unexpected problem.")
-                for claimed in batch:  # only those still in flight change
-                    self._settle(claimed, verdict, outcome)
-            return
+        self._deliver_batch(sender, batch)
+
+    def _deliver_batch(self, sender: Sender, batch: list[Claimed]) -> None:
+        """Send a claimed batch object by object, most urgent first, recording each."""
+        name = self.destination.name
         for index, claimed in enumerate(batch):
             self._heartbeat().working()  # one object answered: progress
             if self._stop.is_set():
@@ -231,7 +212,7 @@ class DestinationWorker:
                 sender.close()
                 outcome = Outcome("aborted", detail=type(exc).__name__)
                 verdict = Classification("transient", f"{name}: unexpected problem.")
-            if outcome.kind in _DESTINATION_DOWN:
+            if outcome.kind in DESTINATION_DOWN:
                 self._destination_down(verdict, claimed, batch[index + 1 :])
                 return
             if outcome.kind == "preempted":
@@ -252,6 +233,10 @@ class DestinationWorker:
                 log.info("%s accepts connections again: delivering", name)
             self._consecutive_failures = 0
             self._settle(claimed, verdict, outcome)
+
+    def _claim_size(self) -> int:
+        """How many due deliveries to take at once."""
+        return _BATCH
 
     def _settle(self, claimed: Claimed, verdict: Classification, outcome: Outcome) -> None:
         """Record one object's outcome: delivered, retried later, or waiting for a person."""
@@ -282,95 +267,6 @@ class DestinationWorker:
                 verdict.reason,
             )
 
-    def _claim_size(self) -> int:
-        """How many deliveries to take at once: for STOW-RS a few requests' worth, so objects
-        of studies received interleaved still fill their requests - or, with concurrent
-        requests, one request's worth, so the other threads find work too; else _BATCH."""
-        if isinstance(self.destination, StowDestination):
-            requests = _STOW_CLAIM if self.destination.requests == 1 else 1
-            return min(requests * self.destination.max_instances, _STOW_CLAIM_MAX)
-        return _BATCH
-
-    def _deliver_requests(self, sender: StowSender, batch: list[Claimed]) -> None:
-        """Send a claimed batch as STOW-RS requests (per study, within the size limits,
-        most urgent first), recording each object by the server's answer for it."""
-        name = self.destination.name
-        by_id = {claimed.object_id: claimed for claimed in batch}
-        parts: dict[str, Part] = {}
-        for claimed in batch:
-            held = self.spool.get(claimed.object_id)
-            if held is None or held.state not in ("held", "superseded"):
-                gone = Outcome("unreadable", detail="the object is no longer held")
-                self._settle(claimed, self._classify(gone), gone)
-                del by_id[claimed.object_id]
-                continue
-            parts[held.id] = Part(sender.item_of(held, claimed.priority), held)
-        requests = sender.plan([part.item for part in parts.values()])
-        for index, request in enumerate(requests):
-            later = [by_id[item.object_id] for rest in requests[index:] for item in rest]
-            if self._stop.is_set():
-                self.queue.release(name, later, time.time())
-                return
-            if index and self.queue.has_more_urgent(name, request[0].priority):
-                # A more urgent object waits: give these back (uncounted) and claim again.
-                self.queue.release(name, later, time.time())
-                return
-            size = sum(item.size for item in request)
-            self._heartbeat().working(sender.allowance(size) * 2)
-            outcomes = sender.send([parts[item.object_id] for item in request])
-            unsent = later[len(request) :]
-            if self._request_failed(request, outcomes, by_id, unsent):
-                return
-            if self._consecutive_failures:
-                log.info("%s accepts requests again: delivering", name)
-            self._consecutive_failures = 0
-            for item in request:
-                outcome = outcomes[item.object_id]
-                self._settle(by_id[item.object_id], self._classify(outcome), outcome)
-
-    def _request_failed(
-        self,
-        request: list[Item],
-        outcomes: dict[str, Outcome],
-        by_id: dict[str, Claimed],
-        unsent: list[Claimed],
-    ) -> bool:
-        """When the server is down, refuses us, or asks us to wait (429, 5xx), the whole
-        destination waits and the objects not yet sent go back uncounted. Returns whether
-        it does."""
-        first = outcomes[request[0].object_id]
-        verdict = self._classify(first)
-        claimed = [by_id[item.object_id] for item in request]
-        if first.kind == "held":
-            # The rate gate holds sending back (a used-up budget, a paused window): the
-            # objects wait, uncounted, until the gate opens.
-            until = time.time() + (first.retry_after or 60.0)
-            self.queue.release(self.destination.name, claimed + unsent, until)
-            with self._lock:
-                self._down_until = until
-            self._set("waiting", verdict.reason, next_retry_at=until)
-            return True
-        if first.kind in _DESTINATION_DOWN:
-            self._destination_down(verdict, claimed[0], claimed[1:] + unsent)
-            return True
-        busy = first.kind == "http" and verdict.verdict == "transient"
-        if not busy or any(outcomes[item.object_id] != first for item in request):
-            return False
-        self._consecutive_failures += 1
-        delay = self.policy.delay(self._consecutive_failures)
-        if first.retry_after is not None:  # the server said when (Retry-After)
-            delay = max(delay, first.retry_after)
-        retry_at = time.time() + delay
-        with self._lock:
-            self._down_until = retry_at
-        for item in claimed:
-            self.queue.record(self.destination.name, item, verdict, retry_at=retry_at)
-        if unsent:
-            self.queue.release(self.destination.name, unsent, retry_at)
-        self._set("waiting", verdict.reason, next_retry_at=retry_at)
-        log.warning("%s: %s next try in %.0f s", self.destination.name, verdict.reason, delay)
-        return True
-
     def _classify(self, outcome: Outcome) -> Classification:
         return classify(
             outcome,
@@ -379,9 +275,7 @@ class DestinationWorker:
             dest_ae=getattr(self.destination, "ae_title", self.destination.name),
         )
 
-    def _deliver(
-        self, sender: DimseSender | HubSender | StowSender, claimed: Claimed
-    ) -> tuple[Classification, Outcome]:
+    def _deliver(self, sender: Sender, claimed: Claimed) -> tuple[Classification, Outcome]:
         held = self.spool.get(claimed.object_id)
         if held is None or held.state not in ("held", "superseded"):
             outcome = Outcome("unreadable", detail="the object is no longer held")
@@ -395,15 +289,9 @@ class DestinationWorker:
             allowance = self.timeouts.connect + self.timeouts.response(held.size)
             self._heartbeat().working(allowance)
             outcome = sender.send(held, sop_class, syntax, _DICOM_PRIORITY[claimed.priority])
-        verdict = classify(
-            outcome,
-            destination=self.destination.name,
-            unit_ae=self.unit_ae,
-            dest_ae=getattr(self.destination, "ae_title", self.destination.name),
-        )
-        return verdict, outcome
+        return self._classify(outcome), outcome
 
-    def _poll_receipts(self, sender: DimseSender | HubSender | StowSender) -> None:
+    def _poll_receipts(self, sender: Sender) -> None:
         """When idle, ask a hub which objects reached the provider's PACS."""
         if not isinstance(sender, HubSender):
             return

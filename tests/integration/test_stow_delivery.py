@@ -29,7 +29,7 @@ from router.core.stow import Item
 from router.delivery.dimse import Timeouts
 from router.delivery.queue import DeliveryQueue
 from router.delivery.stow_sender import StowSender
-from router.delivery.worker import DestinationWorker
+from router.delivery.stow_worker import StowWorker
 from router.ingest.attributes import read_attributes
 from router.spool.spool import HeldObject, Spool
 from tests.support import dicomgen
@@ -80,7 +80,7 @@ class Rig:
     queue: DeliveryQueue
     pacs: StowServer
     archive: StowServer
-    workers: dict[str, DestinationWorker]
+    workers: dict[str, StowWorker]
     files: list[Path]
 
     def states(self, destination: str) -> dict[str, int]:
@@ -122,7 +122,7 @@ def rig(
     policy = BackoffPolicy(first=0.2, cap=1.0)
     with pacs or StowServer() as scripted, StowServer() as archive:
         workers = {
-            "pacs": DestinationWorker(
+            "pacs": StowWorker(
                 stow_destination("pacs", scripted.url, **settings),
                 unit_ae="WAYSTATION",
                 spool=spool,
@@ -130,7 +130,7 @@ def rig(
                 policy=policy,
                 threads=int(settings.get("requests", 1)),
             ),
-            "archive": DestinationWorker(
+            "archive": StowWorker(
                 stow_destination("archive", archive.url),
                 unit_ae="WAYSTATION",
                 spool=spool,
