@@ -11,7 +11,14 @@ from pathlib import Path
 from router.config.load import load_config
 from router.spool.spool import Spool
 from tests.support import dicomgen
-from tests.support.hub import make_objects, plaintext
+from tests.support.hub import (
+    hub_config,
+    hub_destination_toml,
+    make_objects,
+    plaintext,
+    start_hub,
+    unit_journal_rows,
+)
 from tests.support.peers import Orthanc, storescu
 from tests.support.router_proc import (
     RouterProcess,
@@ -125,3 +132,39 @@ def test_kill9_mid_request_then_complete_delivery(tmp_path: Path) -> None:
         # Sent again: at most the request that was waiting for its answer at the kill.
         assert 1 <= pacs.duplicates() <= MAX_INSTANCES
         assert archive.duplicates() <= MAX_INSTANCES
+
+
+def test_the_hub_forwards_to_the_providers_pacs_with_stow_rs(tmp_path: Path) -> None:
+    files = dicomgen.make_tiny_objects(tmp_path / "tiny", count=6)
+    with StowServer() as pacs:
+        extra = {
+            "destinations": [{"name": "pacs", "type": "stow", "url": pacs.url,
+                              "insecure_plain_http": True}],
+            "routes": [{"name": "all", "to": ["pacs"]}],
+            "delivery": {"retry_first": "0.5 s", "retry_max": "2 s"},
+        }  # fmt: skip
+        provider = start_hub(hub_config(tmp_path, extra=extra))
+        try:
+            token = tmp_path / "unit.token"
+            token.write_text(provider.units.enroll("CLINIC1") + "\n")
+            port = free_port()
+            (tmp_path / "unit").mkdir()
+            config = write_config(
+                tmp_path / "unit",
+                port=port,
+                destinations=hub_destination_toml(provider.port, token, envelope="false"),
+                extra=fast_retry_toml() + route_toml("all", "hub"),
+            )
+            with RouterProcess(config):
+                assert storescu(files, port=port, aec="WAYSTATION").ok
+                # The unit hears from the hub's receipts: delivered to the provider's PACS.
+                assert wait_for(
+                    lambda: [s for (s,) in unit_journal_rows(
+                        config, "SELECT state FROM hub_uploads")] == ["delivered"] * 6,
+                    timeout=90,
+                )  # fmt: skip
+        finally:
+            provider.stop()
+        expected = set(unit_digests(config).values())
+        assert {d for entry in pacs.stored.values() for d in entry.sha256} == expected
+        assert len(pacs.stored) == 6 and pacs.duplicates() == 0
