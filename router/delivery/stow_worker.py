@@ -137,11 +137,10 @@ class StowWorker(DestinationWorker):
         claimed = [by_id[item.object_id] for item in request]
         if first.kind == "held":
             # The rate gate holds sending back (a used-up budget, a paused window): the
-            # objects wait, uncounted, until the gate opens.
+            # objects wait, uncounted, until the gate opens. The worker itself does not: a
+            # STAT object arriving meanwhile is exempt from budgets and goes at once.
             until = time.time() + (first.retry_after or 60.0)
             self.queue.release(self.destination.name, claimed + unsent, until)
-            with self._lock:
-                self._down_until = until
             self._set("waiting", verdict.reason, next_retry_at=until)
             return True
         if first.kind in DESTINATION_DOWN:
