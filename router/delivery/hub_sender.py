@@ -30,7 +30,6 @@ import hashlib
 import http.client
 import json
 import logging
-import socket
 import sqlite3
 import ssl
 import time
@@ -41,6 +40,7 @@ from urllib.parse import quote, urlsplit
 
 from router.config.model import HubDestination
 from router.core.retry import Outcome
+from router.delivery.http_connection import BbrHTTPConnection, BbrHTTPSConnection
 from router.delivery.hub_link import HubLink
 from router.errors import IntegrityError
 from router.hub import protocol as p
@@ -53,7 +53,6 @@ from router.wan.rate import BudgetCounters, RateGate
 
 log = logging.getLogger("waystation.delivery")
 
-_TCP_CONGESTION = getattr(socket, "TCP_CONGESTION", 13)
 _RECEIPT_BATCH = 100
 # Bigger objects are streamed as they are (the envelope is made in memory).
 _ENVELOPE_MAX = 64 * 1024 * 1024
@@ -110,29 +109,19 @@ class _Response:
         return str(self.body.get("error", "")) or f"HTTP {self.status}"
 
 
-def set_bbr(sock: socket.socket) -> bool:
-    """Use BBR on this socket where the kernel offers it (loss-tolerant congestion control);
-    otherwise keep the system's default. Returns whether BBR is in use."""
-    try:
-        sock.setsockopt(socket.IPPROTO_TCP, _TCP_CONGESTION, b"bbr")
-    except OSError:
-        return False
-    return True
-
-
-class _BbrHTTPConnection(http.client.HTTPConnection):
+class _HubHTTPConnection(BbrHTTPConnection):
     def connect(self) -> None:
         _connect_briefly(self, super().connect)
 
 
-class _BbrHTTPSConnection(http.client.HTTPSConnection):
+class _HubHTTPSConnection(BbrHTTPSConnection):
     def connect(self) -> None:
         _connect_briefly(self, super().connect)
 
 
 def _connect_briefly(conn: http.client.HTTPConnection, connect: Callable[[], None]) -> None:
-    """Connect within ``_CONNECT_TIMEOUT`` (then the destination's timeout for every read),
-    with BBR. Why short: while the link is down the kernel retransmits a SYN at 1, 3, 7, 15,
+    """Connect (on BBR) within ``_CONNECT_TIMEOUT``, then use the destination's timeout for
+    every read. Why short: while the link is down the kernel retransmits a SYN at 1, 3, 7, 15,
     31 s...; a connection attempt left waiting for a late retransmission would start sending
     that long after the link came back. A fresh attempt every few seconds resumes within
     seconds of the link's return."""
@@ -145,7 +134,6 @@ def _connect_briefly(conn: http.client.HTTPConnection, connect: Callable[[], Non
         conn.timeout = timeout
     assert conn.sock is not None
     conn.sock.settimeout(timeout)
-    set_bbr(conn.sock)
 
 
 def hub_link(destination: HubDestination, spool: Spool) -> HubLink:
@@ -581,9 +569,9 @@ class HubSender:
                 context = ssl.create_default_context(
                     cafile=str(self.destination.ca_file) if self.destination.ca_file else None
                 )
-                self._conn = _BbrHTTPSConnection(host, port, timeout=timeout, context=context)
+                self._conn = _HubHTTPSConnection(host, port, timeout=timeout, context=context)
             else:
-                self._conn = _BbrHTTPConnection(host, port, timeout=timeout)
+                self._conn = _HubHTTPConnection(host, port, timeout=timeout)
         return self._conn
 
     def _token(self) -> str:
