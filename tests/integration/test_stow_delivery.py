@@ -189,7 +189,9 @@ def test_objects_go_in_batches_per_study(tmp_path: Path) -> None:
 def test_busy_answers_are_retried_after_the_time_the_server_asks(
     tmp_path: Path, retry_after: str, status: int
 ) -> None:
-    wait = "1" if retry_after == "1" else email.utils.formatdate(time.time() + 2, usegmt=True)
+    # An HTTP date has whole seconds and is written before the request arrives: ask for a time
+    # far enough ahead that at least 0.9 s of it remains on a loaded machine.
+    wait = "1" if retry_after == "1" else email.utils.formatdate(time.time() + 4, usegmt=True)
     with rig(tmp_path) as r:
         r.pacs.script(Answer(status, retry_after=wait))
         r.hold(r.files)
