@@ -227,11 +227,10 @@ class DestinationWorker:
                 return
             if outcome.kind == "held":
                 # The rate gate holds sending back (a used-up budget, a paused window): the
-                # batch waits, uncounted, until the gate opens.
+                # batch waits, uncounted, until the gate opens. The worker itself does not: a
+                # STAT object arriving meanwhile may be exempt from budgets and goes at once.
                 until = time.time() + (outcome.retry_after or 60.0)
                 self.queue.release(name, batch[index:], until)
-                with self._lock:
-                    self._down_until = until
                 self._set("waiting", verdict.reason, next_retry_at=until)
                 return
             if self._consecutive_failures:

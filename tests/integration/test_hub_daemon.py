@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import hashlib
 import io
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -48,7 +50,9 @@ def hub(tmp_path: Path) -> Iterator[Hub]:
     running.stop()
 
 
-def _unit(tmp_path: Path, hub: Hub, hub_port: int, routes: str = "") -> tuple[Path, int]:
+def _unit(
+    tmp_path: Path, hub: Hub, hub_port: int, routes: str = "", **extra: object
+) -> tuple[Path, int]:
     token = tmp_path / "unit.token"
     token.write_text(hub.units.enroll("CLINIC1") + "\n")
     port = free_port()
@@ -60,6 +64,7 @@ def _unit(tmp_path: Path, hub: Hub, hub_port: int, routes: str = "") -> tuple[Pa
         max_chunk='"64 KiB"',
         envelope="false",
         timeout='"5 s"',
+        **extra,
     )
     config = write_config(
         tmp_path / "unit",
@@ -169,6 +174,39 @@ def test_a_stat_study_preempts_a_bulk_backlog(tmp_path: Path, hub: Hub) -> None:
     assert bulk_done <= 2, bulk_done
     assert latency < 20, latency
     _same_objects(hub, config, 5)
+
+
+def test_a_used_up_budget_holds_routine_objects_but_not_an_exempt_stat_study(
+    tmp_path: Path, hub: Hub
+) -> None:
+    routine = make_objects(tmp_path / "routine", 4, size=256, modality="MR", seed=3)
+    stat = make_objects(tmp_path / "stat", 1, size=64, modality="CT", seed=4)
+    routes = (
+        '\n[[routes]]\nname = "stat"\nto = ["hub"]\npriority = "stat"\n'
+        '[routes.when]\nmodality = "CT"\n'
+        '\n[[routes]]\nname = "routine"\nto = ["hub"]\npriority = "routine"\n'
+        '[routes.when]\nmodality = "MR"\n'
+    )
+    rate = '{ daily_budget = "300 KiB", stat_exempt = true, timezone = "UTC" }'
+    config, port = _unit(tmp_path, hub, hub.port, routes, rate=rate, streams=1)
+    with RouterProcess(config):
+        assert storescu(routine, port=port, aec="WAYSTATION").ok
+        # The budget runs out part way: the rest waits for local midnight, hours away.
+        assert wait_for(lambda: 1 <= _hub_commits(hub) < 4, timeout=60)
+        assert wait_for(lambda: "budget" in _reasons(config), timeout=60)
+        assert storescu(stat, port=port, aec="WAYSTATION").ok
+        # The worker is not asleep until midnight: the exempt STAT object goes at once.
+        assert wait_for(lambda: _stat_arrived(hub), timeout=60)
+        assert _hub_commits(hub) < 5  # the routine rest still waits
+
+
+def _reasons(config: Path) -> str:
+    """The unit's destination state, as its control API reports it."""
+    status = subprocess.run(
+        [sys.executable, "-m", "router.cli", "status", "--json", "--config", str(config)],
+        capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    return status.stdout.lower()
 
 
 def _stat_arrived(hub: Hub) -> bool:
