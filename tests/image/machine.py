@@ -26,7 +26,7 @@ from pathlib import Path
 
 MIB = 1024 * 1024
 # Markers on the serial console (systemd's status lines and waystation-boot-check).
-ROUTER_READY = re.compile(r"Started .*waystation\.service|Started .*Waystation DICOM router")
+ROUTER_READY = re.compile(r"waystation-image: router READY")
 ROOT_READ_ONLY = re.compile(r"waystation-image: root read-only: (\S+)")
 DATA_MOUNTED = re.compile(r"waystation-image: data partition: (\S+) ext4 .*size (\d+)M")
 BROKEN = re.compile(
