@@ -2,19 +2,30 @@
 # Stage 1: the Debian 12 root file system (packages, kernel, initramfs) with mmdebstrap, as a
 # directory. Cached under the build directory by a hash of everything that goes into it, so
 # iterating on the project's own files does not rebuild Debian (arm64 takes minutes under
-# qemu-user). Usage: image/base.sh ARCH OUTDIR  (prints the cached directory's path).
+# qemu-user). Usage: image/base.sh ARCH OUTDIR [--path]  (prints the cached directory's path;
+# with --path only that, building nothing).
 set -euo pipefail
 arch=$1
 out=$(realpath -m "$2")
 here=$(cd "$(dirname "$0")" && pwd)
 mirror=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 : "${SOURCE_DATE_EPOCH:?set SOURCE_DATE_EPOCH (the Makefile does)}"
+# Stage 1's time stamps come from the last change to stage 1's own inputs (not the whole
+# project's last commit), so the cache survives commits that do not touch Debian's part.
+if stage1=$(git -C "$here" log -1 --format=%ct -- base.sh packages.txt "packages-$arch.txt" \
+  "initramfs-modules-$arch.txt" 2>/dev/null) && [ -n "$stage1" ]; then
+  export SOURCE_DATE_EPOCH=$stage1
+fi
 
 packages() { grep -hv '^\s*#' "$@" | grep -v '^\s*$' | paste -sd, -; }
 include=$(packages "$here/packages.txt" "$here/packages-$arch.txt")
 key=$( (echo "$arch $mirror $SOURCE_DATE_EPOCH"; cat "$here/base.sh" "$here/packages.txt" \
   "$here/packages-$arch.txt" "$here/initramfs-modules-$arch.txt") | sha256sum | cut -c1-16)
 dir="$out/base-$arch-$key"
+if [ "${3:-}" = --path ]; then
+  echo "$dir"
+  exit 0
+fi
 if [ -f "$dir/.complete" ]; then
   echo "$dir"
   exit 0
