@@ -237,7 +237,38 @@ class Machine:
             time.sleep(0.5)
 
     def tail(self, lines: int = 60) -> str:
-        return "\n".join(self.log().splitlines()[-lines:])
+        """The serial log's last lines and, for the why, the guest's own journal."""
+        return "\n".join(self.log().splitlines()[-lines:]) + self.journal()
+
+    def journal(self, lines: int = 80) -> str:
+        """The last lines of the guest's systemd journal, read from the data partition on the
+        disk file with debugfs (works while the guest runs; best effort, for failure reports)."""
+        out = self.workdir / "journal"
+        part = self.workdir / "data.journal.ext4"
+        try:
+            shutil.rmtree(out, ignore_errors=True)
+            out.mkdir()
+            size = self._partition_bytes("data")
+            subprocess.run(
+                ["dd", f"if={self.disk}", f"of={part}", "bs=1M", f"skip={self.data_offset()}",
+                 f"count={size // MIB}", "conv=sparse", "status=none"],
+                check=True,
+            )  # fmt: skip
+            subprocess.run(
+                ["debugfs", "-R", f"rdump /log/journal {out}", str(part)],
+                capture_output=True,
+                check=True,
+            )
+            text = subprocess.run(
+                ["journalctl", "-D", str(out / "journal"), "--no-pager", "-n", str(lines)],
+                capture_output=True,
+                text=True,
+            ).stdout
+        except (OSError, subprocess.CalledProcessError) as exc:
+            return f"\n--- guest journal unavailable: {exc}"
+        finally:
+            part.unlink(missing_ok=True)
+        return f"\n--- guest journal (last {lines} lines) ---\n{text}"
 
     def power_cut(self) -> None:
         """SIGKILL QEMU: the guest loses everything not yet on the disk, as on a power cut."""
