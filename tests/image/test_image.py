@@ -134,6 +134,30 @@ def unit(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Unit]:
         destination.stop()
 
 
+def test_boot_partition_holds_what_the_firmware_loads(unit: Unit) -> None:
+    """The Pi's firmware step cannot be booted under QEMU: check what it would read instead."""
+    machine = unit.machine
+    names = {name.lower() for name in machine.boot_files()}
+    if ARCH == "arm64":
+        # The Pi 4's boot firmware and its device tree, from Debian's raspi-firmware and kernel.
+        for needed in ("start4.elf", "fixup4.dat", "bcm2711-rpi-4-b.dtb", "vmlinuz", "initrd.img"):
+            assert needed in names, f"{needed} missing from the boot partition: {sorted(names)}"
+        config = machine.read_boot_file("config.txt")
+        for line in ("arm_64bit=1", "upstream_kernel=1", "kernel=vmlinuz", "initramfs initrd.img"):
+            assert line in config, f"config.txt lacks {line!r}"
+        cmdline = machine.read_boot_file("cmdline.txt")
+        assert cmdline.count("\n") == 1, "cmdline.txt must be one line"
+    else:
+        assert "efi" in names and "loader" in names, sorted(names)
+        entry = machine.read_boot_file("loader/entries/waystation.conf")
+        assert "linux /vmlinuz" in entry and "initrd /initrd.img" in entry, entry
+        cmdline = entry
+        assert "editor no" in machine.read_boot_file("loader/loader.conf")
+    for option in ("root=LABEL=ws-root", " ro ", "console=tty1"):
+        assert option in cmdline, f"kernel command line lacks {option!r}: {cmdline}"
+    print(f"[image]   boot partition ({ARCH}): boot loader, kernel, initramfs, {cmdline!r}")
+
+
 def test_first_boot_commissions_and_routes_a_study(unit: Unit, tmp_path: Path) -> None:
     machine = unit.machine
     unit.machine.start({unit.dicom_port: GUEST_DICOM, unit.ssh_port: 22, unit.closed_port: 5000})
