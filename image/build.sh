@@ -107,7 +107,7 @@ systemctl --root="$root" enable -q systemd-networkd.service systemd-resolved.ser
   systemd-timesyncd.service nftables.service waystation.service waystation.path \
   waystation-firstboot.service waystation-setup.path waystation-smart.timer \
   waystation-ups-poweroff.path waystation-grow-data.service waystation-boot-check.service \
-  waystation-access.service waystation-console@tty1.service
+  waystation-access.service waystation-console@tty1.service waystation-hub.service
 systemctl --root="$root" disable -q ssh.service ssh.socket 2>/dev/null || true
 # The console replaces the login prompt on tty1; nothing on the unit updates itself.
 systemctl --root="$root" mask -q getty@tty1.service apt-daily.timer apt-daily-upgrade.timer \

@@ -34,7 +34,7 @@ from tests.support.sender import send
 
 pytestmark = [pytest.mark.image, pytest.mark.timeout(3600)]
 
-ARCH = os.environ.get("WAYSTATION_IMAGE_ARCH", "amd64")
+ARCH = os.environ["WAYSTATION_IMAGE_ARCH"]  # tests/image/conftest.py: only make image-test
 POWER_CUTS = int(os.environ.get("WAYSTATION_IMAGE_POWER_CUTS", "3"))
 # Emulated boots take 30-120 s on a loaded machine (arm64 slower): generous, never fixed sleeps.
 BOOT_TIMEOUT = float(os.environ.get("WAYSTATION_IMAGE_BOOT_TIMEOUT", "900"))
