@@ -103,7 +103,7 @@ class Machine:
         out = subprocess.run(
             ["mdir", "-b", "-i", self._fat(), "::/"], check=True, capture_output=True, text=True
         ).stdout
-        return [line.rsplit("/", 1)[-1] for line in out.split()]
+        return [line.rstrip("/").rsplit("/", 1)[-1] for line in out.split()]
 
     def read_boot_file(self, name: str) -> str:
         """A file from the boot partition (only while QEMU is stopped)."""
