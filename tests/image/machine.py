@@ -240,7 +240,7 @@ class Machine:
         """The serial log's last lines and, for the why, the guest's own journal."""
         return "\n".join(self.log().splitlines()[-lines:]) + self.journal()
 
-    def journal(self, lines: int = 80) -> str:
+    def journal(self, lines: int | None = 80) -> str:
         """The last lines of the guest's systemd journal, read from the data partition on the
         disk file with debugfs (works while the guest runs; best effort, for failure reports)."""
         out = self.workdir / "journal"
@@ -260,7 +260,7 @@ class Machine:
                 check=True,
             )
             text = subprocess.run(
-                ["journalctl", "-D", str(out / "journal"), "--no-pager", "-n", str(lines)],
+                ["journalctl", "-D", str(out / "journal"), "--no-pager", "-n", str(lines or "all")],
                 capture_output=True,
                 text=True,
             ).stdout
@@ -268,7 +268,7 @@ class Machine:
             return f"\n--- guest journal unavailable: {exc}"
         finally:
             part.unlink(missing_ok=True)
-        return f"\n--- guest journal (last {lines} lines) ---\n{text}"
+        return f"\n--- guest journal (last {lines or 'all'} lines) ---\n{text}"
 
     def power_cut(self) -> None:
         """SIGKILL QEMU: the guest loses everything not yet on the disk, as on a power cut."""

@@ -11,6 +11,7 @@ the root partition is bit-for-bit what was built.
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import threading
@@ -243,7 +244,20 @@ def test_clean_after_everything(unit: Unit) -> None:
     for boot in range(machine.boots):
         log = (machine.workdir / f"serial-{boot}.log").read_text(errors="replace")
         assert "emergency" not in log.lower(), f"boot {boot + 1} went to emergency mode"
-    print(f"[image]   no boot of {machine.boots} needed repair (no emergency mode, fsck clean)")
+    print(f"[image]   no boot of {machine.boots} went to emergency mode")
+    journal = machine.journal(lines=None)
+    checks = re.findall(r"systemd-fsck\[\d+\]: (ws-data|ws-root|/dev/vda1): (.*)", journal)
+    assert len(checks) >= machine.boots, f"fsck ran {len(checks)} times in {machine.boots} boots"
+    repaired = [c for c in checks if re.search(r"FIXED|UNEXPECTED|ERROR|corrected|Fix", c[1])]
+    assert not repaired, f"a file system needed repair at boot: {repaired}"
+    replays = sum("recovering journal" in c[1] for c in checks)
+    print(
+        f"[image]   {len(checks)} boot-time file system checks, none repaired anything "
+        f"({replays} ext4 journal replays after the power cuts)"
+    )
+    if ARCH == "amd64":  # the virt machine has no watchdog device
+        assert "Watchdog running with a hardware timeout of 15s" in journal
+        print("[image]   systemd drives the hardware watchdog (15 s)")
 
 
 def _read_banner(port: int, timeout: float = 60) -> bytes:
