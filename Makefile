@@ -96,7 +96,7 @@ IMAGE_POWER_CUTS ?= 3
 image-test: image
 	WAYSTATION_IMAGE_ARCH=$(ARCH) WAYSTATION_IMAGE_DIR=$(IMAGE_OUT)/$(ARCH) \
 	  WAYSTATION_IMAGE_POWER_CUTS=$(IMAGE_POWER_CUTS) \
-	  $(PY) -m pytest -m image -s -q -p no:cacheprovider --basetemp=$(IMAGE_OUT)/test-$(ARCH) tests/image/test_image.py
+	  $(PY) -m pytest -m image -s -q -x -p no:cacheprovider --basetemp=$(IMAGE_OUT)/test-$(ARCH) tests/image/test_image.py
 
 ## CI: both architectures built and boot-tested; the power cuts on amd64 (the faster emulation).
 image-ci:
