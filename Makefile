@@ -6,9 +6,15 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 # Debian packages the tests and benchmarks drive as real peers.
-DEB_PACKAGES := dcmtk orthanc orthanc-dicomweb fuse3 libfuse3-3 tmux python3-venv systemd iproute2
+DEB_PACKAGES := dcmtk orthanc orthanc-dicomweb fuse3 libfuse3-3 tmux python3-venv systemd iproute2 nftables
+# Debian packages that build and boot-test the appliance image (make image / image-test only).
+IMAGE_PACKAGES := mmdebstrap arch-test qemu-system-x86 qemu-system-arm qemu-user-static mtools dosfstools e2fsprogs fdisk bmap-tools ovmf qemu-efi-aarch64 systemd-boot-efi zstd dcmtk
+ARCH ?= amd64
+IMAGE_OUT ?= build/image
+# Reproducible images: every time stamp in them is the last commit's.
+SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || date +%s)
 
-.PHONY: run test lint unit deps deps-run apt-install venv bench bench-wan soak clean console-screenshots fuzz
+.PHONY: run test lint unit deps deps-run apt-install venv bench bench-wan soak clean console-screenshots fuzz image image-test image-ci
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -45,7 +51,7 @@ lint: $(STAMP)
 
 ## Everything CI runs: lint, types, and the whole test suite (soaks and benchmarks excluded).
 test: deps $(STAMP) lint
-	$(PY) -m pytest -m "not slow" -q; rc=$$?; \
+	$(PY) -m pytest -m "not slow and not image" -q; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
 
 unit: $(STAMP)
@@ -77,6 +83,25 @@ console-screenshots: $(STAMP)
 	@for f in tests/unit/__snapshots__/test_console_snapshots/*.svg; do \
 	  case=$$(basename "$$f" .svg | sed -e 's/.*\[//' -e 's/\]//' -e 's/_/-/g'); \
 	  cp "$$f" "docs/img/console-$$case.svg"; done
+
+## The flashable appliance image for ARCH=amd64 (UEFI x86) or ARCH=arm64 (Raspberry Pi 4) in
+## build/image/ARCH: image.zst, .bmap, manifest, SHA256SUMS (docs/image.md). Needs root.
+image: $(STAMP)
+	@$(MAKE) --no-print-directory apt-install PACKAGES="$(IMAGE_PACKAGES)"
+	SOURCE_DATE_EPOCH=$(SOURCE_DATE_EPOCH) image/build.sh $(ARCH) $(IMAGE_OUT)/$(ARCH) $(PY)
+
+## Build the image, boot it under QEMU, commission it, route a study through it, cut its power
+## mid-ingest (IMAGE_POWER_CUTS times), and check root is read-only and nothing was lost.
+IMAGE_POWER_CUTS ?= 3
+image-test: image
+	WAYSTATION_IMAGE_ARCH=$(ARCH) WAYSTATION_IMAGE_DIR=$(IMAGE_OUT)/$(ARCH) \
+	  WAYSTATION_IMAGE_POWER_CUTS=$(IMAGE_POWER_CUTS) \
+	  $(PY) -m pytest -m image -s -q -x -p no:cacheprovider --basetemp=$(IMAGE_OUT)/test-$(ARCH) tests/image/test_image.py
+
+## CI: both architectures built and boot-tested; the power cuts on amd64 (the faster emulation).
+image-ci:
+	@$(MAKE) --no-print-directory image-test ARCH=amd64 IMAGE_POWER_CUTS=3
+	@$(MAKE) --no-print-directory image-test ARCH=arm64 IMAGE_POWER_CUTS=0
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

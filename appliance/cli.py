@@ -148,6 +148,17 @@ def cmd_factory_reset(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_access(args: argparse.Namespace) -> int:
+    from appliance.access import apply_access, describe, plan_access
+
+    plan = plan_access(Path(args.state), Path(args.hub_config) if args.hub_config else None)
+    for problem in plan.problems:
+        print(f"waystation-access: configuration not loaded: {problem}", file=sys.stderr)
+    apply_access(plan, Path(args.ssh_dir), Path(args.nft))
+    print(describe(plan))
+    return EXIT_OK
+
+
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register the appliance commands on the ``waystation`` parser."""
     first = sub.add_parser("firstboot", help="install waystation.toml from the boot partition")
@@ -185,3 +196,12 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     reset.add_argument("--confirm", default="", help="the unit's name, to confirm")
     reset.add_argument("--pin", help="operator PIN (else $WAYSTATION_PIN or asked)")
     reset.set_defaults(func=cmd_factory_reset)
+
+    access = sub.add_parser(
+        "access", help="the firewall ruleset and SSH keys for the installed configuration"
+    )
+    access.add_argument("--state", default=str(DEFAULT_STATE))
+    access.add_argument("--hub-config", help="the hub's configuration, if a hub runs here")
+    access.add_argument("--ssh-dir", required=True, help="where authorized_keys goes")
+    access.add_argument("--nft", required=True, help="the nftables ruleset file to write")
+    access.set_defaults(func=cmd_access)

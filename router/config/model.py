@@ -432,6 +432,34 @@ class ControlConfig(_Strict):
     pin_file: Path | None = None
 
 
+_SSH_KEY_TYPES = (
+    "ssh-ed25519",
+    "ecdsa-sha2-nistp256",
+    "ecdsa-sha2-nistp384",
+    "ecdsa-sha2-nistp521",
+    "sk-ssh-ed25519@openssh.com",
+    "sk-ecdsa-sha2-nistp256@openssh.com",
+    "ssh-rsa",
+)
+
+
+def _check_ssh_key(value: str) -> str:
+    """One public key line: a known type, base64 key data, an optional comment; no options
+    (``command=...``) and no line breaks, which could smuggle other settings in."""
+    parts = value.strip().split()
+    if (
+        "\n" in value
+        or len(parts) < 2
+        or parts[0] not in _SSH_KEY_TYPES
+        or not re.fullmatch(r"[A-Za-z0-9+/]+={0,3}", parts[1])
+    ):
+        raise ValueError(
+            "not an OpenSSH public key line: expected e.g. "
+            '"ssh-ed25519 AAAAC3Nza... engineer@laptop" (the contents of id_ed25519.pub)'
+        )
+    return " ".join(parts)
+
+
 class ApplianceConfig(_Strict):
     """The router as an appliance service: its watchdog, health checks, metrics and UPS."""
 
@@ -453,6 +481,11 @@ class ApplianceConfig(_Strict):
     ups_low_battery: float = Field(default=20.0, ge=1, le=90)
     # Blink the status LEDs on the board profile's GPIO lines (hardware/README.md).
     status_led: bool = Field(default=False, strict=True)
+    # On the image: SSH runs (keys only) while this lists at least one public key, one
+    # OpenSSH authorized_keys line each ("ssh-ed25519 AAAA... who@where"); empty: SSH is off.
+    ssh_authorized_keys: list[Annotated[str, AfterValidator(_check_ssh_key)]] = Field(
+        default_factory=list
+    )
 
     @field_validator("metrics_listen")
     @classmethod
