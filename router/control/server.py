@@ -196,7 +196,9 @@ def _clear_stale(path: Path) -> None:
 def _restrict(path: Path, group: str) -> None:
     """0660, group = the operators group when it exists."""
     gid = group_id(group)
-    if gid is not None:
+    # The appliance's unit runs the router with the operators group already (and a system-call
+    # filter that refuses chown): only change the group when it differs.
+    if gid is not None and path.stat().st_gid != gid:
         try:
             os.chown(path, -1, gid)
         except PermissionError:
