@@ -41,7 +41,6 @@ _SQLITE_FULL = 13
 # catches a spool that skips the directory fsync of renamed blobs (the "control run").
 # Never set in production.
 _SKIP_BLOB_DIR_FSYNC = os.environ.get("WAYSTATION_TEST_FAULT") == "skip-dir-fsync"
-_PAGE_SIZE = int(os.environ.get("WAYSTATION_PAGE_SIZE", "4096"))
 Transaction = Callable[[sqlite3.Connection], Any]
 #: Lazy transactions committed without an fsync before one batch is made durable anyway:
 #: after a power cut at most this many lazy changes are lost (each one a bounded re-send).
@@ -57,8 +56,9 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
     conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
     conn.execute("PRAGMA busy_timeout = 10000")
     if not readonly:
-        conn.execute(f"PRAGMA page_size = {_PAGE_SIZE}")
-        conn.execute(f"PRAGMA temp_store = {os.environ.get('WAYSTATION_TEMP_STORE', 'MEMORY')}")
+        # Statement journals (one per savepoint'd transaction that changes existing pages)
+        # stay in memory instead of a temp file created and deleted per commit.
+        conn.execute("PRAGMA temp_store = MEMORY")
         # WAL + synchronous=FULL: a commit returns only after the WAL is fsynced.
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA synchronous = FULL")
