@@ -6,25 +6,24 @@ do not (much). This runs the same scenario as ``bench.delivery --workloads ct --
 (same files, same router configuration, same destination) and reports, per run:
 
 * wall time until the destination held everything, and until the last acknowledgement;
-* the router process's user and system CPU per object, and per thread (by thread name,
-  from ``/proc/PID/task/*/stat``);
-* with ``--strace``: fsync/fdatasync calls of the router per object (``strace -c -f``; strace
-  slows the router, so its runs' times are not comparable with the others).
+* the router process's user and system CPU per object (``/proc/PID/stat``);
+* with ``--syscalls``: the router's fsync, fdatasync, pwrite64, pread64 and openat calls per
+  object (``perf stat`` on its syscall tracepoints: needs root or perf_event_paranoid <= -1).
 
     .venv/bin/python -m bench.e2e_probe --runs 3
-    .venv/bin/python -m bench.e2e_probe --runs 1 --strace
+    .venv/bin/python -m bench.e2e_probe --runs 3 --syscalls
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections import Counter
 from pathlib import Path
 
 from bench import measure
@@ -33,21 +32,7 @@ from bench.ingest import BENCH_ROOT, SEND_TIMEOUT, _ct_files
 from tests.support.peers import Storescp, storescu
 
 _TICK = os.sysconf("SC_CLK_TCK")
-
-
-def _thread_cpu(pid: int) -> Counter[str]:
-    """CPU seconds (user + system) of each live thread of ``pid``, summed by thread name
-    with trailing digits folded (``deliver-dest-0`` and ``-1`` count together)."""
-    totals: Counter[str] = Counter()
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
-            text = (task / "stat").read_text()
-        except FileNotFoundError:
-            continue
-        name = text[text.index("(") + 1 : text.rindex(")")].rstrip("0123456789-_")
-        fields = text.rsplit(")", 1)[1].split()
-        totals[name or "?"] += (int(fields[11]) + int(fields[12])) / _TICK
-    return totals
+_COUNTED = ("fsync", "fdatasync", "pwrite64", "pread64", "openat")
 
 
 def _process_cpu(pid: int) -> tuple[float, float]:
@@ -55,12 +40,13 @@ def _process_cpu(pid: int) -> tuple[float, float]:
     return int(fields[11]) / _TICK, int(fields[12]) / _TICK
 
 
-def _strace_syncs(output: Path) -> dict[str, int]:
+def _perf_counts(output: Path) -> dict[str, int]:
+    """System calls counted by ``perf stat -x ,`` (CSV: value,unit,event,...)."""
     calls: dict[str, int] = {}
     for line in output.read_text().splitlines():
-        parts = line.split()
-        if parts and parts[-1] in ("fsync", "fdatasync"):
-            calls[parts[-1]] = int(parts[3] if len(parts) == 6 else parts[2])
+        parts = line.split(",")
+        if len(parts) > 2 and parts[2].startswith("syscalls:sys_enter_"):
+            calls[parts[2].removeprefix("syscalls:sys_enter_")] = int(parts[0])
     return calls
 
 
@@ -71,16 +57,17 @@ def run_once(
     count = len(files)
     measure.settle()
     scp = Storescp(workdir / "dest", aet=DESTINATION_AE)
-    strace: subprocess.Popen[bytes] | None = None
-    trace_out = workdir / "strace.txt"
+    counter: subprocess.Popen[bytes] | None = None
+    trace_out = workdir / "perf-stat.txt"
     with (
         ArrivalWatcher(scp.out_dir, count) as watcher,
         scp,
         waystation_router(workdir / "waystation", scp.port) as running,
     ):
         if trace:
-            strace = subprocess.Popen(
-                ["strace", "--seccomp-bpf", "-c", "-f", "-e", "trace=fsync,fdatasync", "-o", str(trace_out),
+            events = ",".join(f"syscalls:sys_enter_{name}" for name in _COUNTED)
+            counter = subprocess.Popen(
+                ["perf", "stat", "-x", ",", "-e", events, "-o", str(trace_out),
                  "-p", str(running.pid)],
                 stderr=subprocess.DEVNULL,
             )  # fmt: skip
@@ -89,33 +76,29 @@ def run_once(
         if attach:
             profiler = subprocess.Popen(attach.format(pid=running.pid), shell=True)
             time.sleep(1.0)
-        threads_before = _thread_cpu(running.pid)
         user_before, sys_before = _process_cpu(running.pid)
         result = storescu(files, port=running.port, aec=running.aec, timeout=SEND_TIMEOUT)
         start = time.monotonic() - result.elapsed
         if not watcher.wait(120.0):
             raise measure.BenchError(f"only {watcher.count} of {count} arrived")
         user_after, sys_after = _process_cpu(running.pid)
-        threads = _thread_cpu(running.pid)
-        threads.subtract(threads_before)
         if profiler is not None:
             profiler.send_signal(2)
             profiler.wait(60)
         running.wait_delivered(count)
-        if strace is not None:
-            strace.terminate()
-            strace.wait(30)
+        if counter is not None:
+            counter.send_signal(signal.SIGINT)
+            counter.wait(30)
     figures: dict[str, object] = {
         "wall": watcher.complete_at - start,
         "acked": result.elapsed,
         "user_ms": (user_after - user_before) * 1000 / count,
         "sys_ms": (sys_after - sys_before) * 1000 / count,
-        "threads_ms": {k: round(v * 1000 / count, 2) for k, v in threads.most_common() if v},
     }
-    if strace is not None:
-        syncs = _strace_syncs(trace_out)
-        figures["syncs_per_object"] = round(sum(syncs.values()) / count, 2)
-        figures["syncs"] = syncs
+    if counter is not None:
+        calls = _perf_counts(trace_out)
+        figures["syncs_per_object"] = round((calls["fsync"] + calls["fdatasync"]) / count, 2)
+        figures["calls_per_object"] = {k: round(v / count, 1) for k, v in calls.items()}
     return figures
 
 
@@ -124,7 +107,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.e2e_probe", description=__doc__)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--count", type=int, default=300, help="CT slices (default 300)")
-    parser.add_argument("--strace", action="store_true", help="count the router's syncs")
+    parser.add_argument(
+        "--syscalls", action="store_true", help="count the router's syncs, reads, writes (perf)"
+    )
     parser.add_argument("--attach", help="a command run against {pid} during the send")
     args = parser.parse_args()
     files = _ct_files(args.count)
@@ -133,7 +118,7 @@ def main() -> int:
     samples = []
     for run in range(args.runs):
         with tempfile.TemporaryDirectory(prefix="e2e-probe-", dir=BENCH_ROOT) as work:
-            figures = run_once(files, Path(work), args.strace, args.attach)
+            figures = run_once(files, Path(work), args.syscalls, args.attach)
         samples.append(figures)
         print(f"run {run + 1}: {figures}", flush=True)
     for key in ("wall", "acked", "user_ms", "sys_ms"):
@@ -143,7 +128,9 @@ def main() -> int:
             f"(min {min(values):.3f}, max {max(values):.3f})"
         )
     rate = [args.count / float(s["wall"]) for s in samples]  # type: ignore[arg-type]
-    print(f"inst/s: median {statistics.median(rate):.1f} (min {min(rate):.1f}, max {max(rate):.1f})")
+    print(
+        f"inst/s: median {statistics.median(rate):.1f} (min {min(rate):.1f}, max {max(rate):.1f})"
+    )
     print(f"load average: {measure.load_average()}")
     return 0
 

@@ -246,9 +246,7 @@ class Journal:
         results: list[tuple[_Item, Any, BaseException | None]] = []
         # Why: see submit(). Lazy only when nothing in the batch needs durability and the bound
         # on unsynced lazy changes is not reached; a FULL commit syncs all earlier frames too.
-        lazy = (
-            not any(item.durable for item in batch) and self._lazy_unsynced < LAZY_LIMIT
-        )
+        lazy = not any(item.durable for item in batch) and self._lazy_unsynced < LAZY_LIMIT
         with self._lock:
             try:
                 self._set_synchronous("NORMAL" if lazy else "FULL")
