@@ -25,6 +25,7 @@ from typing import Any
 
 from router.errors import StorageFault, StorageFull
 from router.health.liveness import Heartbeat
+from router.spool.checkpoint import Checkpointer
 from router.spool.fsio import fsync_dir
 from router.spool.schema import (
     MIGRATE_2_TO_3,
@@ -48,6 +49,9 @@ LAZY_LIMIT = 64
 #: With lazy changes not yet synced and nothing else to commit, the committer makes them
 #: durable after this many seconds of quiet.
 LAZY_FLUSH_SECONDS = 0.2
+#: The committer's own automatic checkpoint, a fallback only: checkpoints normally run in the
+#: Checkpointer's thread, off the commit path (64 MB of 4 KiB pages).
+FALLBACK_AUTOCHECKPOINT_PAGES = 16384
 
 
 def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
@@ -131,6 +135,8 @@ class Journal:
         self.path = path
         self._conn = connect(path)
         create_schema(self._conn)
+        self._conn.execute(f"PRAGMA wal_autocheckpoint = {FALLBACK_AUTOCHECKPOINT_PAGES}")
+        self.checkpointer = Checkpointer(path, connect)
         self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self.stats = JournalStats()
@@ -192,6 +198,7 @@ class Journal:
         """Finish queued transactions and stop the committer."""
         self._queue.put(None)
         self._thread.join(timeout=30)
+        self.checkpointer.close()
         with self._lock:
             self._conn.close()
 
@@ -282,6 +289,7 @@ class Journal:
             self._lazy_unsynced += len(batch)
         else:
             self._lazy_unsynced = 0
+        self.checkpointer.committed()
         for item, value, error in results:
             if error is None:
                 item.future.set_result(value)
@@ -301,6 +309,7 @@ class Journal:
         try:
             self._conn.close()
             self._conn = connect(self.path)
+            self._conn.execute(f"PRAGMA wal_autocheckpoint = {FALLBACK_AUTOCHECKPOINT_PAGES}")
             self._synchronous = "FULL"
         except sqlite3.Error as exc:
             self._failed = StorageFault(f"journal unusable after a failed commit: {exc}")
