@@ -5,7 +5,9 @@ duplicates per cut stay within the lazy bound plus what was in flight."""
 
 from __future__ import annotations
 
+import contextlib
 import random
+import sqlite3
 import time
 from collections import Counter
 from pathlib import Path
@@ -21,7 +23,6 @@ from tests.support.faultproxy import FaultProxy
 from tests.support.peers import Storescp
 from tests.support.router_proc import (
     RouterProcess,
-    delivery_states,
     destination_toml,
     fast_retry_toml,
     free_port,
@@ -33,6 +34,13 @@ from tests.support.sender import send
 pytestmark = pytest.mark.fuse
 
 _BATCH = 8  # router/delivery/worker.py: deliveries claimed at once per association
+
+
+def delivery_states(journal: Path) -> dict[str, int]:
+    """Deliveries by state, read from the journal on the crash file system."""
+    with contextlib.closing(sqlite3.connect(journal, timeout=10)) as conn:
+        rows = conn.execute("SELECT state, count(*) FROM deliveries GROUP BY state")
+        return {str(state): int(count) for state, count in rows}
 
 
 def test_power_cuts_during_delivery_lose_nothing_and_bound_duplicates(
@@ -59,6 +67,7 @@ def test_power_cuts_during_delivery_lose_nothing_and_bound_duplicates(
         text = config.read_text().replace(str(unit / "keys"), str(crashfs.mountpoint / "keys"))
         config.write_text(text)
         log = unit / "router.log"
+        journal = crashfs.mountpoint / "spool" / "journal.sqlite"
         router = RouterProcess(config, log=log).start()
         assert send(files, port).acknowledged == files
         link.rate(1_000_000)
@@ -70,16 +79,17 @@ def test_power_cuts_during_delivery_lose_nothing_and_bound_duplicates(
             crashfs.cut_power()  # only what was fsynced survives
             done_cuts += 1
             router = RouterProcess(config, log=log).start()
-            if delivery_states(config).get("delivered", 0) == len(files):
+            if delivery_states(journal).get("delivered", 0) == len(files):
                 break
         deadline = time.monotonic() + 180
         while (
-            delivery_states(config).get("delivered", 0) < len(files) and time.monotonic() < deadline
+            delivery_states(journal).get("delivered", 0) < len(files)
+            and time.monotonic() < deadline
         ):
             time.sleep(0.2)
         router.stop()
         # Every acknowledged object survived every cut and is delivered; none in progress.
-        assert delivery_states(config) == {"delivered": len(files)}, router.read_log()[-3000:]
+        assert delivery_states(journal) == {"delivered": len(files)}, router.read_log()[-3000:]
         received = Counter(
             str(dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in pacs.files()
         )
