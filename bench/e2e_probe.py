@@ -1,5 +1,5 @@
-"""Diagnostic for the end-to-end CT scenario on a shared machine: CPU per object by thread,
-and sync calls per object, for storescu -> Waystation -> storescp.
+"""Diagnostic for the end-to-end CT scenario on a shared machine: the router's CPU and system
+calls per object, for storescu -> Waystation -> storescp.
 
 Wall-clock ratios drift with other users' load; CPU time per object and syncs per object
 do not (much). This runs the same scenario as ``bench.delivery --workloads ct --parts e2e``
@@ -12,6 +12,10 @@ do not (much). This runs the same scenario as ``bench.delivery --workloads ct --
 
     .venv/bin/python -m bench.e2e_probe --runs 3
     .venv/bin/python -m bench.e2e_probe --runs 3 --syscalls
+    .venv/bin/python -m bench.e2e_probe --runs 1 \
+        --attach "exec py-spy record -f raw -o prof.txt -p {pid}"   # any tool, on the router
+
+Not part of ``make bench``: it compares code versions, not products (see docs/benchmarks.md).
 """
 
 from __future__ import annotations

@@ -85,12 +85,17 @@ def test_checkpoints_run_in_their_own_thread(tmp_path: Path) -> None:
         autocheckpoint = journal._conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0]
         assert autocheckpoint == journal_module.FALLBACK_AUTOCHECKPOINT_PAGES
         blob = b"\x5a" * 400_000
-        for index in range(5):
-            journal.run(
-                lambda conn, index=index: conn.execute(
+
+        def insert_blob(index: int) -> journal_module.Transaction:
+            def transaction(conn: sqlite3.Connection) -> None:
+                conn.execute(
                     "INSERT INTO journal_meta(key, value) VALUES (?, ?)", (f"b{index}", blob)
                 )
-            )
+
+            return transaction
+
+        for index in range(5):
+            journal.run(insert_blob(index))
         assert _wait(lambda: journal.checkpointer.checkpoints > 0)
         # Everything committed so far reached the database file: a new reader that ignores
         # the WAL would see it (checked through the WAL-aware reader, plus the checkpoint's
