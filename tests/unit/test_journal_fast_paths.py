@@ -11,11 +11,14 @@ from pathlib import Path
 import pytest
 from pydicom.data import get_testdata_file
 
+from router.core.retry import Classification
+from router.delivery.queue import DeliveryQueue
 from router.errors import IntegrityError
 from router.spool import journal as journal_module
 from router.spool.fresh import FreshBlobs
 from router.spool.incoming import IncomingObject
 from router.spool.journal import LAZY_LIMIT, Journal
+from router.spool.retention import expire
 from tests.unit.test_spool import ingest, make_spool
 
 CT = Path(str(get_testdata_file("CT_small.dcm")))
@@ -37,6 +40,13 @@ def _wait(condition: object, timeout: float = 20.0) -> bool:
     return False
 
 
+@pytest.fixture
+def no_quiet_flush(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A loaded machine may pause a test for longer than the quiet flush waits: keep it off."""
+    monkeypatch.setattr(journal_module, "LAZY_FLUSH_SECONDS", 600.0)
+
+
+@pytest.mark.usefixtures("no_quiet_flush")
 def test_lazy_commits_are_bounded_then_synced(tmp_path: Path) -> None:
     journal = Journal(tmp_path / "j.sqlite")
     try:
@@ -53,6 +63,7 @@ def test_lazy_commits_are_bounded_then_synced(tmp_path: Path) -> None:
         journal.close()
 
 
+@pytest.mark.usefixtures("no_quiet_flush")
 def test_a_durable_transaction_is_never_committed_lazily(tmp_path: Path) -> None:
     journal = Journal(tmp_path / "j.sqlite")
     try:
@@ -179,3 +190,23 @@ def test_header_reader_gives_the_plaintext_just_encrypted(tmp_path: Path) -> Non
     with chunked.header_reader() as reader:
         assert type(reader).__name__ == "BlobReader"
         assert reader.read() == data
+
+
+@pytest.mark.usefixtures("no_quiet_flush")
+def test_retention_never_deletes_on_an_unsynced_delivered_mark(tmp_path: Path) -> None:
+    spool = make_spool(tmp_path)
+    try:
+        queue = DeliveryQueue(spool)
+        stored = ingest(spool, CT.read_bytes())
+        [claimed] = queue.claim("pacs", 8)
+        queue.record("pacs", claimed, Classification("delivered", "stored")).result()
+        # The delivered mark is committed lazily: not yet synced.
+        assert spool.journal._lazy_unsynced > 0
+        assert expire(spool, retention_seconds=0.0, now=time.time() + 1) == 1
+        # Retention's own commit is durable, so it synced the mark it relied on first.
+        assert spool.journal._lazy_unsynced == 0
+        held = spool.get(stored.object_id)
+        assert held is not None and held.state == "deleted"
+        assert spool.fresh.get(stored.object_id) is None  # no copy left in memory either
+    finally:
+        spool.close()
