@@ -69,25 +69,28 @@ def test_power_cuts_during_delivery_lose_nothing_and_bound_duplicates(
         log = unit / "router.log"
         journal = crashfs.mountpoint / "spool" / "journal.sqlite"
         router = RouterProcess(config, log=log).start()
-        assert send(files, port).acknowledged == files
-        link.rate(1_000_000)
-        link.accept()
-        done_cuts = 0
-        for _ in range(cuts):
-            time.sleep(rng.uniform(0.3, 1.5))
-            router.kill9()
-            crashfs.cut_power()  # only what was fsynced survives
-            done_cuts += 1
-            router = RouterProcess(config, log=log).start()
-            if delivery_states(journal).get("delivered", 0) == len(files):
-                break
-        deadline = time.monotonic() + 180
-        while (
-            delivery_states(journal).get("delivered", 0) < len(files)
-            and time.monotonic() < deadline
-        ):
-            time.sleep(0.2)
-        router.stop()
+        try:
+            assert send(files, port).acknowledged == files
+            link.rate(1_000_000)
+            link.accept()
+            done_cuts = 0
+            for _ in range(cuts):
+                time.sleep(rng.uniform(0.3, 1.5))
+                router.kill9()
+                crashfs.cut_power()  # only what was fsynced survives
+                done_cuts += 1
+                router = RouterProcess(config, log=log).start()
+                if delivery_states(journal).get("delivered", 0) == len(files):
+                    break
+            deadline = time.monotonic() + 180
+            while (
+                delivery_states(journal).get("delivered", 0) < len(files)
+                and time.monotonic() < deadline
+            ):
+                time.sleep(0.2)
+            router.stop()
+        finally:
+            router.kill9()  # after a failure too: never leave a router on an unmounted spool
         # Every acknowledged object survived every cut and is delivered; none in progress.
         assert delivery_states(journal) == {"delivered": len(files)}, router.read_log()[-3000:]
         received = Counter(
