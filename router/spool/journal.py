@@ -212,6 +212,8 @@ class Journal:
                 first = _Item(_flush_marker, frozenset())
             self.heartbeat.working()
             if first is None:
+                if self._lazy_unsynced:  # a clean stop leaves nothing lazy unsynced
+                    self._commit([_Item(_flush_marker, frozenset())])
                 return
             batch = [first]
             # Take everything already queued: these transactions share one commit.

@@ -210,3 +210,13 @@ def test_retention_never_deletes_on_an_unsynced_delivered_mark(tmp_path: Path) -
         assert spool.fresh.get(stored.object_id) is None  # no copy left in memory either
     finally:
         spool.close()
+
+
+@pytest.mark.usefixtures("no_quiet_flush")
+def test_a_clean_stop_syncs_lazy_changes(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "j.sqlite")
+    journal.run(_insert("lazy"), durable=False)
+    assert journal._lazy_unsynced == 1
+    commits = journal.stats.commits
+    journal.close()
+    assert journal._lazy_unsynced == 0 and journal.stats.commits == commits + 1
