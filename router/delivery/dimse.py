@@ -117,7 +117,7 @@ class DimseSender:
                 f"{_name(syntax)}, and converting from it is not supported",
             )
         try:
-            reader = self.spool.open_object(held)
+            reader = self.spool.open_object(held, fresh=True)
         except IntegrityError as exc:
             return Outcome("unreadable", detail=str(exc))
         with reader:

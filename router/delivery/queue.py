@@ -75,7 +75,9 @@ class DeliveryQueue:
             rows.sort(key=lambda r: r[1])
             return [Claimed(*row) for row in rows]
 
-        result: list[Claimed] = self.journal.run(transaction)
+        # Lazy (no fsync of its own): a claim lost in a power cut leaves the delivery pending,
+        # which is where recovery would put an inflight one anyway (Journal.submit says why).
+        result: list[Claimed] = self.journal.run(transaction, durable=False)
         return result
 
     def record(
@@ -90,7 +92,9 @@ class DeliveryQueue:
         awaiting_commitment: bool = False,
     ) -> Future[Any]:
         """Record one attempt's outcome. Returns at once; the journal commits it in the next
-        batch (if a crash loses it, the delivery is inflight and is simply sent again).
+        batch, lazily: not fsynced on its own, but by the next durable commit or within
+        moments (Journal.submit). If a crash or power cut loses it, the delivery is inflight
+        (recovery makes it pending) and is simply sent again.
 
         With ``awaiting_commitment`` a stored object is not delivered yet: it becomes
         "committing" until the destination's Storage Commitment result."""
@@ -136,7 +140,7 @@ class DeliveryQueue:
                     (claimed.object_id, at, event, json.dumps(detail, sort_keys=True)),
                 )
 
-        return self.journal.submit(transaction)
+        return self.journal.submit(transaction, durable=False)
 
     def release(self, destination: str, claimed: list[Claimed], retry_at: float) -> Future[Any]:
         """Put claimed deliveries back, not counted as attempts (the destination was down)."""
@@ -150,7 +154,8 @@ class DeliveryQueue:
                     (retry_at, item.object_id, destination),
                 )
 
-        return self.journal.submit(transaction)
+        # Lazy: if lost, the deliveries stay inflight and recovery makes them pending.
+        return self.journal.submit(transaction, durable=False)
 
     def has_more_urgent(self, destination: str, priority: int, now: float | None = None) -> bool:
         """Whether a delivery more urgent than ``priority`` is due (and would be claimed):

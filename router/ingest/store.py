@@ -12,7 +12,6 @@ import logging
 import time
 import traceback
 from collections.abc import Callable, Sequence
-from typing import BinaryIO, cast
 
 from router.core.objects import ObjectAttributes, PlannedDelivery, Source
 from router.errors import StorageFault, StorageFull
@@ -94,9 +93,9 @@ class ObjectStore:
         except (StorageFull, StorageFault) as exc:
             return self._refuse(incoming, exc)
         try:
-            with incoming.reader() as reader:
+            with incoming.header_reader() as reader:
                 attributes = read_attributes(
-                    cast(BinaryIO, reader),
+                    reader,
                     command_sop_class=sop_class,
                     command_sop_instance=sop_instance,
                     wanted_keywords=self._wanted_keywords,

@@ -131,6 +131,8 @@ class BlobWriter:
         self._sha = hashlib.sha256()
         self._size = 0
         self._finished = False
+        # The first chunk's plaintext (ingest parses the header from it, not decrypting again).
+        self.head: bytes | None = None
         out.write(packed)
 
     def write(self, data: Buffer) -> int:
@@ -154,6 +156,8 @@ class BlobWriter:
         return self._size, self._sha.digest()
 
     def _seal(self, plaintext: bytes, *, last: bool) -> None:
+        if self._index == 0:
+            self.head = plaintext
         ad = self._header_hash + self._index.to_bytes(8, "big")
         self._out.write(self._aead.encrypt(_nonce(self._index, last), plaintext, ad))
         self._index += 1

@@ -118,6 +118,15 @@ class IncomingObject:
         if self.error is not None:
             raise self.error
 
+    def header_reader(self) -> BinaryIO:
+        """A plaintext view for parsing the header (call after ``finish``): the plaintext
+        the writer just encrypted when the object fits its first chunk (the usual case; no
+        second decryption), else the decrypting :meth:`reader`."""
+        head = self._writer.head if self._writer is not None else None
+        if head is not None and len(head) == self.size:
+            return io.BytesIO(head)
+        return self.reader()  # type: ignore[return-value]
+
     def reader(self) -> BlobReader:
         """A plaintext view of what was received (call after ``finish``)."""
         inline = self.inline

@@ -4,6 +4,9 @@ batches concurrent transactions into one durable commit (group commit).
 Why one writer: SQLite serialises writers anyway; one thread that takes every queued transaction
 at once turns N concurrent associations' N commits (N WAL fsyncs) into one, and the directory
 fsyncs their renames need into one per directory.
+
+Lazy transactions (``durable=False``: delivery-state changes) skip their own fsync; see
+:meth:`Journal.submit` for exactly what that does and does not give up.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from typing import Any
 
 from router.errors import StorageFault, StorageFull
 from router.health.liveness import Heartbeat
+from router.spool.checkpoint import Checkpointer
 from router.spool.fsio import fsync_dir
 from router.spool.schema import (
     MIGRATE_2_TO_3,
@@ -39,6 +43,15 @@ _SQLITE_FULL = 13
 # Never set in production.
 _SKIP_BLOB_DIR_FSYNC = os.environ.get("WAYSTATION_TEST_FAULT") == "skip-dir-fsync"
 Transaction = Callable[[sqlite3.Connection], Any]
+#: Lazy transactions committed without an fsync before one batch is made durable anyway:
+#: after a power cut at most this many lazy changes are lost (each one a bounded re-send).
+LAZY_LIMIT = 64
+#: With lazy changes not yet synced and nothing else to commit, the committer makes them
+#: durable after this many seconds of quiet.
+LAZY_FLUSH_SECONDS = 0.2
+#: The committer's own automatic checkpoint, a fallback only: checkpoints normally run in the
+#: Checkpointer's thread, off the commit path (64 MB of 4 KiB pages).
+FALLBACK_AUTOCHECKPOINT_PAGES = 16384
 
 
 def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
@@ -47,6 +60,9 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
     conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
     conn.execute("PRAGMA busy_timeout = 10000")
     if not readonly:
+        # Statement journals (one per savepoint'd transaction that changes existing pages)
+        # stay in memory instead of a temp file created and deleted per commit.
+        conn.execute("PRAGMA temp_store = MEMORY")
         # WAL + synchronous=FULL: a commit returns only after the WAL is fsynced.
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA synchronous = FULL")
@@ -98,6 +114,7 @@ def create_schema(conn: sqlite3.Connection) -> None:
 class _Item:
     txn: Transaction
     dirs: frozenset[Path]
+    durable: bool = True
     future: Future[Any] = field(default_factory=Future)
 
 
@@ -108,6 +125,7 @@ class JournalStats:
     commits: int = 0
     transactions: int = 0
     dir_fsyncs: int = 0
+    lazy_commits: int = 0  # commits made without their own fsync (lazy transactions only)
 
 
 class Journal:
@@ -117,10 +135,14 @@ class Journal:
         self.path = path
         self._conn = connect(path)
         create_schema(self._conn)
+        self._conn.execute(f"PRAGMA wal_autocheckpoint = {FALLBACK_AUTOCHECKPOINT_PAGES}")
+        self.checkpointer = Checkpointer(path, connect)
         self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self.stats = JournalStats()
         self._failed: StorageFault | None = None
+        self._synchronous = "FULL"  # what connect() set
+        self._lazy_unsynced = 0  # lazy transactions committed since the last fsynced commit
         # The service watchdog checks it: waiting on the queue is fine, hanging in a commit not.
         self.heartbeat = Heartbeat()
         self._thread = threading.Thread(target=self._run, name="journal-committer", daemon=True)
@@ -131,19 +153,42 @@ class Journal:
         """The committer thread (for the service watchdog)."""
         return self._thread
 
-    def submit(self, txn: Transaction, dirs: Iterable[Path] = ()) -> Future[Any]:
+    def submit(
+        self, txn: Transaction, dirs: Iterable[Path] = (), *, durable: bool = True
+    ) -> Future[Any]:
         """Queue ``txn`` to run inside a durable commit, after fsyncing ``dirs``.
 
         The future resolves with txn's result once the commit is durable, or with the exception
         (StorageFault when the directory fsync or the commit failed; nothing was committed).
+
+        ``durable=False`` (a lazy transaction) resolves once committed, not necessarily synced.
+        Why that is safe for what uses it (delivery claims and outcomes) - the journal is in WAL
+        mode, which appends every commit to one file in order:
+
+        * A batch of lazy transactions only is committed with ``synchronous=NORMAL``: its WAL
+          frames are written but not fsynced. Any batch with a durable transaction is committed
+          with ``synchronous=FULL``, and that fsync of the WAL file also makes every earlier
+          frame durable. So an ingest commit is still durable before its C-STORE success, and
+          once it is, every lazy change before it is too.
+        * A power cut can lose only the lazy changes after the last fsync, and only a suffix:
+          SQLite's recovery replays WAL frames in order and stops at the first one whose
+          cumulative checksum fails, so nothing later survives a lost earlier frame. A lost
+          claim or outcome leaves the delivery pending or inflight (which recovery makes
+          pending): the object is sent again. Bounded: after :data:`LAZY_LIMIT` lazy
+          transactions a batch is fsynced anyway, and after :data:`LAZY_FLUSH_SECONDS` of
+          quiet the committer fsyncs what is pending.
+        * Whatever acts irreversibly on a delivery state - retention deleting a delivered
+          object and destroying its key, an operator's action - runs as a durable
+          transaction in this same journal, after the state it read: its own fsync makes that
+          state durable first, and it unlinks files only after its commit returned.
         """
-        item = _Item(txn, frozenset(dirs))
+        item = _Item(txn, frozenset(dirs), durable)
         self._queue.put(item)
         return item.future
 
-    def run(self, txn: Transaction, dirs: Iterable[Path] = ()) -> Any:
+    def run(self, txn: Transaction, dirs: Iterable[Path] = (), *, durable: bool = True) -> Any:
         """Submit and wait."""
-        return self.submit(txn, dirs).result()
+        return self.submit(txn, dirs, durable=durable).result()
 
     def read(self) -> sqlite3.Connection:
         """A new connection for reading (each thread should use its own)."""
@@ -153,15 +198,22 @@ class Journal:
         """Finish queued transactions and stop the committer."""
         self._queue.put(None)
         self._thread.join(timeout=30)
+        self.checkpointer.close()
         with self._lock:
             self._conn.close()
 
     def _run(self) -> None:
         while True:
             self.heartbeat.waiting()
-            first = self._queue.get()
+            try:
+                first = self._queue.get(timeout=LAZY_FLUSH_SECONDS if self._lazy_unsynced else None)
+            except queue.Empty:
+                # Quiet, with lazy changes not yet synced: make them durable now.
+                first = _Item(_flush_marker, frozenset())
             self.heartbeat.working()
             if first is None:
+                if self._lazy_unsynced:  # a clean stop leaves nothing lazy unsynced
+                    self._commit([_Item(_flush_marker, frozenset())])
                 return
             batch = [first]
             # Take everything already queued: these transactions share one commit.
@@ -185,6 +237,7 @@ class Journal:
 
     def _commit(self, batch: list[_Item]) -> None:
         if self._failed is not None:
+            self._lazy_unsynced = 0  # nothing more can be made durable
             for item in batch:
                 item.future.set_exception(self._failed)
             return
@@ -200,8 +253,12 @@ class Journal:
                 item.future.set_exception(exc)
             return
         results: list[tuple[_Item, Any, BaseException | None]] = []
+        # Why: see submit(). Lazy only when nothing in the batch needs durability and the bound
+        # on unsynced lazy changes is not reached; a FULL commit syncs all earlier frames too.
+        lazy = not any(item.durable for item in batch) and self._lazy_unsynced < LAZY_LIMIT
         with self._lock:
             try:
+                self._set_synchronous("NORMAL" if lazy else "FULL")
                 self._conn.execute("BEGIN IMMEDIATE")
                 for index, item in enumerate(batch):
                     # A savepoint per transaction: one failing does not undo the others.
@@ -229,11 +286,22 @@ class Journal:
                 return
         self.stats.commits += 1
         self.stats.transactions += len(batch)
+        if lazy:
+            self.stats.lazy_commits += 1
+            self._lazy_unsynced += len(batch)
+        else:
+            self._lazy_unsynced = 0
+        self.checkpointer.committed()
         for item, value, error in results:
             if error is None:
                 item.future.set_result(value)
             else:
                 item.future.set_exception(error)
+
+    def _set_synchronous(self, level: str) -> None:
+        if level != self._synchronous:
+            self._conn.execute(f"PRAGMA synchronous = {level}")
+            self._synchronous = level
 
     def _reset_after_failure(self) -> None:
         # fsyncgate: after a failed commit the connection's view of durable state cannot be
@@ -243,5 +311,13 @@ class Journal:
         try:
             self._conn.close()
             self._conn = connect(self.path)
+            self._conn.execute(f"PRAGMA wal_autocheckpoint = {FALLBACK_AUTOCHECKPOINT_PAGES}")
+            self._synchronous = "FULL"
         except sqlite3.Error as exc:
             self._failed = StorageFault(f"journal unusable after a failed commit: {exc}")
+
+
+def _flush_marker(conn: sqlite3.Connection) -> None:
+    """A durable transaction that writes one page, so its commit fsyncs the WAL (an empty
+    transaction writes nothing and syncs nothing): lazy changes before it become durable."""
+    conn.execute("UPDATE journal_meta SET value = value WHERE key = 'schema'")

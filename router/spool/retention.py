@@ -52,7 +52,8 @@ def expire(
         return [(str(r[0]), str(r[1])) for r in rows]
 
     deleted: list[tuple[str, str]] = spool.journal.run(transaction)
-    for _object_id, blob in deleted:
+    for object_id, blob in deleted:
+        spool.fresh.forget(object_id)
         if blob:
             with contextlib.suppress(FileNotFoundError):
                 (spool.root / blob).unlink()

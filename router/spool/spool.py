@@ -27,6 +27,7 @@ from router.core.objects import ObjectAttributes, PlannedDelivery, Source
 from router.errors import IntegrityError, KeyStoreError, SpoolError, StorageFull
 from router.spool import keys
 from router.spool.crypto import BlobReader, choose_cipher
+from router.spool.fresh import FreshBlobs
 from router.spool.fsio import free_bytes, make_dirs
 from router.spool.incoming import IncomingObject
 from router.spool.journal import Journal
@@ -92,6 +93,8 @@ class Spool:
         self._dir_lock = threading.Lock()
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
+        # Inline ciphertext of just-committed objects, for the delivery that usually follows.
+        self.fresh = FreshBlobs()
 
     # -- receiving -------------------------------------------------------------------------
 
@@ -168,6 +171,9 @@ class Spool:
             raise
         if result.outcome == "duplicate":
             incoming.discard()  # identical bytes are already held; keep the first copy
+        elif inline is not None and result.deliveries:
+            # Only after the commit is durable: what the cache hands out is what is held.
+            self.fresh.put(result.object_id, inline)
         return result
 
     def _seal_meta(self, object_id: str, attributes: ObjectAttributes) -> bytes:
@@ -219,13 +225,18 @@ class Spool:
         """The lookup tag of a Study Instance UID."""
         return self.keyring.lookup_tag("study", study_instance_uid)
 
-    def open_object(self, held: HeldObject) -> BlobReader:
-        """A plaintext reader over a held object; every chunk is authenticated as read."""
+    def open_object(self, held: HeldObject, *, fresh: bool = False) -> BlobReader:
+        """A plaintext reader over a held object; every chunk is authenticated as read.
+
+        ``fresh=True`` (delivery) may read a just-committed inline object's ciphertext from
+        memory instead of the journal; checks of what is stored (verify, export) never do."""
         if held.wrapped_key is None:
             raise IntegrityError(f"object {held.id} was deleted (its key is destroyed)")
         data_key = self.keyring.unwrap(held.key_id, held.wrapped_key, held.id)
         source: Path | bytes = self.root / held.blob
-        if not held.blob:
+        if not held.blob and fresh and (cached := self.fresh.get(held.id)) is not None:
+            source = cached
+        elif not held.blob:
             row = (
                 self.reader_connection()
                 .execute("SELECT data FROM inline_blobs WHERE object_id = ?", (held.id,))

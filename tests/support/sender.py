@@ -6,9 +6,11 @@ import ssl
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from pydicom import dcmread
 from pynetdicom import AE
+from pynetdicom.association import Association
 
 ON_ACK = Callable[[Path, int], None]
 
@@ -24,6 +26,25 @@ class SendResult:
     def acknowledged(self) -> list[Path]:
         """Files the receiver answered with success."""
         return [p for p, s in self.statuses.items() if s == 0]
+
+
+def return_stolen_responses(assoc: Association) -> None:
+    """Work around a race in pynetdicom 3.0's requestor: ``send_c_store`` pauses the reactor
+    thread by clearing an event and waiting for ``_is_paused``, which the reactor may still
+    show from its previous pass; the reactor then takes a response that arrives quickly off
+    the DIMSE queue and drops it as "unexpected", and ``send_c_store`` waits until its DIMSE
+    timeout (docs/architecture.md, TCP_NODELAY). The faster the receiver answers, the more
+    often that happens. Here a response the reactor takes goes back on the queue, where the
+    waiting ``send_c_store`` finds it; this sender never has requests of its own to serve."""
+    serve = assoc._serve_request
+
+    def serve_or_return(msg: Any, context_id: int) -> None:
+        if not msg.is_valid_request:
+            assoc.dimse.msg_queue.put((context_id, msg))
+            return
+        serve(msg, context_id)
+
+    assoc._serve_request = serve_or_return  # type: ignore[method-assign]
 
 
 def _contexts_for(files: list[Path]) -> list[tuple[str, str]]:
@@ -59,6 +80,7 @@ def send(
     if not assoc.is_established:
         result.error = "association not established"
         return result
+    return_stolen_responses(assoc)
     try:
         for path in files:
             status = assoc.send_c_store(path)
