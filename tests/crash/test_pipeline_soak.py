@@ -1,0 +1,61 @@
+"""Promises 1-6 across the whole pipeline: modalities -> router (on CrashFS) -> local PACS and
+-> flapping link -> hub (on CrashFS) -> provider's PACS, with random power cuts and kill -9s of
+the router and the hub, and a full disk and an fsync EIO on the router's file system.
+
+CI runs a short soak inside `make test`; `make soak` runs 1000 cuts. Parameters (environment):
+WAYSTATION_SOAK_CUTS (cuts), WAYSTATION_SOAK_MINUTES (stop cutting after this long; 0: never),
+WAYSTATION_SOAK_REPORT (also write the figures to this file).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.crash.conftest import soak
+from tests.crash.pipeline import pipeline
+from tests.crash.soak import run_soak
+from tests.support import dicomgen
+from tests.support.crashfs import crashfs_unavailable_reason
+
+pytestmark = pytest.mark.fuse
+
+
+@pytest.fixture(scope="module")
+def mixed_templates(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """Tiny objects (held inline in the journal), 256x256 and 512x512 CT slices (the blob-file
+    path: the rig's inline limit is 64 KiB), in the proportions 4:2:1."""
+    base = tmp_path_factory.mktemp("pipeline-templates")
+    tiny = dicomgen.make_tiny_objects(base / "tiny", count=1)
+    small = dicomgen.make_ct_series(base / "ct256", count=1, rows=256, cols=256)
+    large = dicomgen.make_ct_series(base / "ct512", count=1)
+    assert small[0].stat().st_size > 64 * 1024
+    return tiny * 4 + small * 2 + large
+
+
+def test_whole_pipeline_keeps_every_promise_across_cuts(
+    tmp_path: Path, mixed_templates: list[Path]
+) -> None:
+    reason = crashfs_unavailable_reason()
+    if reason is not None:
+        if os.environ.get("WAYSTATION_REQUIRE_PEERS") == "1":
+            pytest.fail(f"crash file system unavailable: {reason}")
+        pytest.skip(reason)
+    cuts = int(os.environ.get("WAYSTATION_SOAK_CUTS", "1000" if soak() else "16"))
+    minutes = float(os.environ.get("WAYSTATION_SOAK_MINUTES", "0"))
+    with pipeline(tmp_path) as rig:
+        figures = run_soak(
+            rig, mixed_templates, cuts=cuts, minutes=minutes, max_traffic=1.0 if soak() else 0.6
+        )
+    report = figures.report()
+    print(report)
+    if os.environ.get("WAYSTATION_SOAK_REPORT"):
+        Path(os.environ["WAYSTATION_SOAK_REPORT"]).write_text(report + "\n")
+    failures = figures.failures()
+    assert not failures, "\n".join([report, *failures[:50]])
+    if minutes <= 0:
+        assert len(figures.cuts) == cuts
+    assert figures.acknowledged > len(figures.cuts)  # the cuts fell among acknowledged traffic
+    assert figures.count("router") and figures.count("hub")
