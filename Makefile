@@ -57,11 +57,11 @@ unit: $(STAMP)
 SOAK_CUTS ?= 1000
 SOAK_MINUTES ?= 0
 soak: deps $(STAMP)
-	WAYSTATION_SOAK=1 $(PY) -m pytest -q -s tests/crash/test_powerloss.py tests/crash/test_kill9.py \
+	WAYSTATION_SOAK=1 $(PY) -m pytest -q -s --timeout=0 tests/crash/test_powerloss.py tests/crash/test_kill9.py \
 	  tests/crash/test_delivery_crash.py
 	@mkdir -p var
 	WAYSTATION_SOAK=1 WAYSTATION_SOAK_CUTS=$(SOAK_CUTS) WAYSTATION_SOAK_MINUTES=$(SOAK_MINUTES) \
-	  WAYSTATION_SOAK_REPORT=var/soak-report.txt $(PY) -m pytest -q -s tests/crash/test_pipeline_soak.py
+	  WAYSTATION_SOAK_REPORT=var/soak-report.txt $(PY) -m pytest -q -s --timeout=0 tests/crash/test_pipeline_soak.py
 
 ## Long property-based fuzzing of every parser of untrusted input (CI runs a short profile).
 fuzz: deps $(STAMP)

@@ -111,7 +111,7 @@ class RouterProcess:
                 *self.command,
                 "--config",
                 str(self.config),
-            ],  # fmt: skip
+            ],
             cwd=REPO,
             env=self.env,
             stdout=subprocess.PIPE,
