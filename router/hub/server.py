@@ -126,6 +126,9 @@ class _Handler(BaseHTTPRequestHandler):
     def parse_request(self) -> bool:
         parsed = super().parse_request()
         self._header_timer.cancel()
+        if parsed and self.request_version == "HTTP/0.9":  # "GET /path": no headers, no token
+            self.send_error(400, "HTTP/0.9 requests are not accepted")
+            return False
         return parsed
 
     def _cut(self) -> None:
@@ -139,6 +142,16 @@ class _Handler(BaseHTTPRequestHandler):
             super().handle()
         except (ConnectionError, TimeoutError, ssl.SSLError, OSError):
             self.close_connection = True
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """http.server's own refusals (a malformed request line, an unknown method, a header
+        line too long) answered like every other refusal: a status line even to a request
+        line that reads as HTTP/0.9, a JSON body, and a 4xx - an unknown method is 405 and
+        an unknown HTTP version 400 (they are the client's mistakes, not the hub's)."""
+        status = {501: 405, 505: 400}.get(code, code)
+        self.request_version = self.protocol_version
+        with contextlib.suppress(OSError):
+            self._error(status, message or "the request could not be read")
 
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("%s %s", self.client_address[0], format % args)
@@ -369,7 +382,7 @@ class _Handler(BaseHTTPRequestHandler):
         raw = self._drain_small()
         try:
             body = json.loads(raw or b"{}")
-        except ValueError:
+        except (ValueError, RecursionError):  # nesting deeper than the parser's stack: not JSON
             raise p.ProtocolError("the body is not JSON") from None
         if not isinstance(body, dict):
             raise p.ProtocolError("the body must be a JSON object")
