@@ -65,7 +65,8 @@ soak: deps $(STAMP)
 
 ## Long property-based fuzzing of every parser of untrusted input (CI runs a short profile).
 fuzz: deps $(STAMP)
-	HYPOTHESIS_PROFILE=fuzz $(PY) -m pytest -q tests/security/test_fuzz.py
+	HYPOTHESIS_PROFILE=fuzz $(PY) -m pytest -q --timeout=0 tests/security/test_fuzz.py \
+	  tests/security/test_fuzz_hub.py
 
 ## Benchmarks against DCMTK and Orthanc in the same run; writes docs/benchmarks.md.
 bench: deps $(STAMP)

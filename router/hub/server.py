@@ -25,6 +25,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from router.alarms import Alarms
 from router.config.model import HubServerConfig
 from router.errors import IntegrityError, StorageFault, StorageFull
 from router.hub import protocol as p
@@ -62,8 +63,10 @@ class _Server(ThreadingHTTPServer):
         store: HubStore,
         units: UnitRegistry,
         tls: ssl.SSLContext | None,
+        alarms: Alarms,
     ) -> None:
         self.config = config
+        self.alarms = alarms
         self.store = store
         self.units = units
         self.tls = tls
@@ -200,9 +203,11 @@ class _Handler(BaseHTTPRequestHandler):
             self.server.count(refused=1)
             self._error(400, str(exc))
         except StorageFull as exc:
+            self.server.alarms.raise_("spool-full", f"the hub refuses uploads: {exc}")
             self._error(507, f"the hub cannot take data now: {exc}", {"Retry-After": "60"})
         except (StorageFault, IntegrityError) as exc:
             log.error("storage problem answering %s: %s", verb, exc)
+            self.server.alarms.raise_("storage-fault", f"the hub refuses uploads: {exc}")
             self._error(503, "the hub has a storage problem; try later", {"Retry-After": "60"})
         except (ConnectionError, TimeoutError, ssl.SSLError):
             self.close_connection = True
@@ -326,6 +331,9 @@ class _Handler(BaseHTTPRequestHandler):
     def _commit(self, unit: str, upload_id: str) -> None:
         self._drain_small()
         committed = self.server.store.commit(unit, upload_id, self.client_address[0])
+        # A commit is durable again: storage works (the alarms are raised again if not).
+        self.server.alarms.clear("spool-full")
+        self.server.alarms.clear("storage-fault")
         self.server.count(**({"already_committed": 1} if committed.already else {"commits": 1}))
         self._reply(
             200,
@@ -431,8 +439,15 @@ def tls_context(config: HubServerConfig) -> ssl.SSLContext | None:
 class HubServer:
     """The listening hub; ``serve`` in a thread, ``stop`` to close."""
 
-    def __init__(self, config: HubServerConfig, store: HubStore, units: UnitRegistry) -> None:
-        self._server = _Server(config, store, units, tls_context(config))
+    def __init__(
+        self,
+        config: HubServerConfig,
+        store: HubStore,
+        units: UnitRegistry,
+        alarms: Alarms | None = None,
+    ) -> None:
+        alarms = alarms if alarms is not None else Alarms()
+        self._server = _Server(config, store, units, tls_context(config), alarms)
         self._thread = threading.Thread(target=self._server.serve_forever, name="hub-http")
 
     @property

@@ -162,28 +162,29 @@ def run_soak(
             figures.router_accept.append(rig.restart_router())
         else:
             figures.hub_accept.append(rig.restart_hub())
-        _torn(rig, figures, f"after cut {number} ({kind})")
+        torn(rig, figures, f"after cut {number} ({kind})")
         if number % 10 == 0:
             rig.local_tally.scan()
             rig.provider_tally.scan()
     ledger.cycle = len(figures.cuts) + 1
     rig.link.stop_flap()
     rig.link.normal()
-    _drain(rig, ledger, drain_timeout)
+    drain(rig, ledger, drain_timeout)
     rig.stop()
-    _torn(rig, figures, "at the final stop")
+    torn(rig, figures, "at the final stop")
     figures.seconds = time.monotonic() - started
-    _check(rig, ledger, figures)
+    check(rig, ledger, figures)
     return figures
 
 
 def storage_fault_episode(
-    rig: Pipeline, senders: Senders, fault: str, figures: SoakFigures
+    rig: Pipeline, senders: Senders, fault: str, figures: SoakFigures, hold: float = 0.0
 ) -> None:
     """While the router delivers to both destinations: ``enospc`` (every write fails),
     ``fsync-eio`` (every sync fails) or ``full`` (free space below min_free) on its file
-    system. Three objects sent then must each be refused with 0xA700 and the alarm raised;
-    once the fault clears the router must acknowledge again within 60 s."""
+    system, for ``hold`` seconds more after three objects are sent. Each of the three must be
+    refused with 0xA700 and the alarm raised; once the fault clears the router must
+    acknowledge again within 60 s."""
     rig.new_alarms("router")
     if fault == "full":
         rig.router_fs.set_capacity(rig.router_fs.stats().used_bytes + 8 * 1024 * 1024)
@@ -195,6 +196,7 @@ def storage_fault_episode(
         # episode is not logged again).
         assert rig.router is not None
         active = {alarm.code for alarm in rig.router.client().alarms()}
+        time.sleep(hold)  # the delivery workers meet the fault too
     finally:
         rig.router_fs.inject("none")
         rig.router_fs.set_capacity(64 * 1024**3)
@@ -221,14 +223,14 @@ def storage_fault_episode(
             figures.torn.append(f"during storage fault {fault}: router ALARM {alarm}")
 
 
-def _torn(rig: Pipeline, figures: SoakFigures, when: str) -> None:
+def torn(rig: Pipeline, figures: SoakFigures, when: str) -> None:
     for which in ("router", "hub"):
         for alarm in rig.new_alarms(which):
             if alarm.startswith(TORN_STATE_ALARMS):
                 figures.torn.append(f"{when}: {which} ALARM {alarm}")
 
 
-def _drain(rig: Pipeline, ledger: Ledger, timeout: float) -> None:
+def drain(rig: Pipeline, ledger: Ledger, timeout: float) -> None:
     """Wait until every acknowledged object arrived at both PACS, or ``timeout``."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -244,12 +246,14 @@ def _drain(rig: Pipeline, ledger: Ledger, timeout: float) -> None:
 
 
 def _where(a: Acked, figures: SoakFigures) -> str:
+    if a.cycle == 0:
+        return "acknowledged before any cut"
     if a.cycle <= len(figures.cuts):
         return f"acknowledged before cut {a.cycle} ({figures.cuts[a.cycle - 1]})"
     return "acknowledged after the last cut"
 
 
-def _check(rig: Pipeline, ledger: Ledger, figures: SoakFigures) -> None:
+def check(rig: Pipeline, ledger: Ledger, figures: SoakFigures) -> None:
     figures.acknowledged = len(ledger.acked)
     figures.sent = ledger.sent
     figures.statuses = ledger.statuses

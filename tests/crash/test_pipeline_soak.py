@@ -17,22 +17,9 @@ import pytest
 from tests.crash.conftest import soak
 from tests.crash.pipeline import pipeline
 from tests.crash.soak import run_soak
-from tests.support import dicomgen
 from tests.support.crashfs import crashfs_unavailable_reason
 
 pytestmark = pytest.mark.fuse
-
-
-@pytest.fixture(scope="module")
-def mixed_templates(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
-    """Tiny objects (held inline in the journal), 256x256 and 512x512 CT slices (the blob-file
-    path: the rig's inline limit is 64 KiB), in the proportions 4:2:1."""
-    base = tmp_path_factory.mktemp("pipeline-templates")
-    tiny = dicomgen.make_tiny_objects(base / "tiny", count=1)
-    small = dicomgen.make_ct_series(base / "ct256", count=1, rows=256, cols=256)
-    large = dicomgen.make_ct_series(base / "ct512", count=1)
-    assert small[0].stat().st_size > 64 * 1024
-    return tiny * 4 + small * 2 + large
 
 
 def test_whole_pipeline_keeps_every_promise_across_cuts(
