@@ -29,7 +29,6 @@ from pydicom.dataset import Dataset
 from pydicom.uid import UID, generate_uid
 from pynetdicom import AE
 from pynetdicom.dsutils import encode
-from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from tests.support.crashfs import CrashFS
 from tests.support.faultproxy import FaultProxy
@@ -44,6 +43,7 @@ from tests.support.router_proc import (
     waystation,
     write_config,
 )
+from tests.support.sender import echo_ok
 
 UNIT = "CLINIC1"
 # Alarms that mean torn state after a crash (router/spool/recovery.py, router/assembly.py).
@@ -200,21 +200,6 @@ class PacsTally:
         return sum(count - 1 for count in self.copies.values() if count > 1)
 
 
-def echo_ok(port: int) -> bool:
-    """Whether the router accepts an association and answers C-ECHO now."""
-    ae = AE(ae_title="SOAKECHO")
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 3
-    ae.add_requested_context(Verification)
-    assoc = ae.associate("127.0.0.1", port, ae_title="WAYSTATION")
-    if not assoc.is_established:
-        return False
-    try:
-        status = assoc.send_c_echo()
-        return bool(status) and int(status.Status) == 0
-    finally:
-        assoc.release()
-
-
 def hub_ok(port: int, token: str) -> bool:
     """Whether the hub answers an authenticated request now."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=3)
@@ -242,8 +227,16 @@ class Pipeline:
     process accepts work again (an association with C-ECHO; an authenticated HTTP answer),
     counted from the moment the process is started."""
 
-    def __init__(self, base: Path, router_fs: CrashFS, hub_fs: CrashFS, stack: ExitStack) -> None:
+    def __init__(
+        self,
+        base: Path,
+        router_fs: CrashFS,
+        hub_fs: CrashFS,
+        stack: ExitStack,
+        router_env: dict[str, str] | None = None,
+    ) -> None:
         self.base = base
+        self.router_env = router_env
         self.router_fs, self.hub_fs = router_fs, hub_fs
         self.local = stack.enter_context(Storescp(base / "local-pacs", aet="LOCALPACS"))
         self.provider = stack.enter_context(Storescp(base / "provider-pacs", aet="PROVIDER"))
@@ -324,7 +317,7 @@ level = "info"
     def restart_router(self) -> float:
         _retire(self.router)
         started = time.monotonic()
-        self.router = RouterProcess(self.router_config).start()
+        self.router = RouterProcess(self.router_config, env=self.router_env).start()
         wait_until(lambda: echo_ok(self.port), 60)
         return time.monotonic() - started
 
@@ -361,12 +354,13 @@ def _retire(process: RouterProcess | None) -> None:
 
 
 @contextmanager
-def pipeline(base: Path) -> Iterator[Pipeline]:
-    """Mount both crash file systems, start both PACS, the link, the hub and the router."""
+def pipeline(base: Path, router_env: dict[str, str] | None = None) -> Iterator[Pipeline]:
+    """Mount both crash file systems, start both PACS, the link, the hub and the router
+    (with ``router_env`` added to its environment)."""
     with ExitStack() as stack:
         router_fs = stack.enter_context(_mounted(base / "router-fs"))
         hub_fs = stack.enter_context(_mounted(base / "hub-fs"))
-        rig = Pipeline(base, router_fs, hub_fs, stack)
+        rig = Pipeline(base, router_fs, hub_fs, stack, router_env)
         try:
             rig.restart_hub()
             rig.restart_router()

@@ -112,11 +112,11 @@ class SoakFigures:
         return "\n".join(lines)
 
 
-def schedule(cuts: int, rng: random.Random) -> list[str]:
-    """``cuts`` kinds drawn by KINDS' weights; every kind at least once when cuts >= 4."""
-    kinds = rng.choices(list(KINDS), weights=list(KINDS.values()), k=cuts)
-    if cuts >= len(KINDS):
-        kinds[: len(KINDS)] = rng.sample(list(KINDS), len(KINDS))
+def schedule(cuts: int, rng: random.Random, weights: dict[str, float]) -> list[str]:
+    """``cuts`` kinds drawn by ``weights``; every kind at least once when there are enough."""
+    kinds = rng.choices(list(weights), weights=list(weights.values()), k=cuts)
+    if cuts >= len(weights):
+        kinds[: len(weights)] = rng.sample(list(weights), len(weights))
     return kinds
 
 
@@ -129,6 +129,8 @@ def run_soak(
     seed: int = 11,
     max_traffic: float = 1.0,
     drain_timeout: float = 300.0,
+    weights: dict[str, float] = KINDS,
+    storage_faults: bool = True,
 ) -> SoakFigures:
     """Up to ``cuts`` cuts (fewer if ``minutes`` > 0 runs out), the fault episodes, the final
     recovery and the checks."""
@@ -139,13 +141,13 @@ def run_soak(
     started = time.monotonic()
     deadline = started + minutes * 60 if minutes > 0 else float("inf")
     rig.link.flap(3.0, 1.0, cycles=10**6)
-    kinds = schedule(cuts, rng)
+    kinds = schedule(cuts, rng, weights)
     # With a time limit the storage faults come early, so they surely run.
     faults_at = 2 if minutes > 0 else max(2, len(kinds) // 2)
     for number, kind in enumerate(kinds, 1):
         if time.monotonic() > deadline:
             break
-        if number == faults_at:
+        if number == faults_at and storage_faults:
             for fault in ("enospc", "fsync-eio", "full"):
                 storage_fault_episode(rig, senders, fault, figures)
         ledger.cycle = number

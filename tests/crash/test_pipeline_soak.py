@@ -46,3 +46,21 @@ def test_whole_pipeline_keeps_every_promise_across_cuts(
         assert len(figures.cuts) == cuts
     assert figures.acknowledged > len(figures.cuts)  # the cuts fell among acknowledged traffic
     assert figures.count("router") and figures.count("hub")
+
+
+def test_control_the_soak_catches_a_spool_without_directory_fsync(
+    tmp_path: Path, mixed_templates: list[Path]
+) -> None:
+    """The soak has teeth: a router that skips the directory fsync loses acknowledged objects
+    at power cuts, and the soak names them."""
+    reason = crashfs_unavailable_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    with pipeline(tmp_path, {"WAYSTATION_TEST_FAULT": "skip-dir-fsync"}) as rig:
+        figures = run_soak(
+            rig, mixed_templates, cuts=6, weights={"router-power": 1.0}, storage_faults=False,
+            drain_timeout=30, max_traffic=1.0,
+        )  # fmt: skip
+    print(figures.report())
+    assert figures.lost, "power cuts should lose objects when the directory is not fsynced"
+    assert all(line.startswith("object #") and "before cut" in line for line in figures.lost)
