@@ -14,12 +14,13 @@ came off the wire (storescp ``+B``), so "arrived" means "arrived bit-exact".
 from __future__ import annotations
 
 import copy
+import hashlib
 import http.client
 import random
 import threading
 import time
 from collections import Counter, defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -122,8 +123,6 @@ class Senders:
         return ds, data
 
     def _run(self) -> None:
-        import hashlib
-
         ae = AE(ae_title="SOAKSCU")
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 5
         for template in self.templates:
@@ -153,8 +152,6 @@ class Senders:
 
 def send_one(port: int, senders: Senders) -> tuple[int, int, str, str]:
     """One object over its own association: (index, status, uid, digest)."""
-    import hashlib
-
     ds, data = senders._next()
     index = senders.ledger.next_index()
     ae = AE(ae_title="SOAKONE")
@@ -212,10 +209,10 @@ def hub_ok(port: int, token: str) -> bool:
         conn.close()
 
 
-def wait_until(check: object, timeout: float) -> float:
+def wait_until(check: Callable[[], bool], timeout: float) -> float:
     """Poll ``check()`` every 20 ms; the seconds it took (raises on timeout)."""
     started = time.monotonic()
-    while not check():  # type: ignore[operator]
+    while not check():
         if time.monotonic() - started > timeout:
             raise TimeoutError(f"not ready within {timeout} s")
         time.sleep(0.02)

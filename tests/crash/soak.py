@@ -94,10 +94,11 @@ class SoakFigures:
 
         kinds = ", ".join(f"{Counter(self.cuts)[k]} {k}" for k in KINDS)
         refused = self.statuses.get(_OUT_OF_RESOURCES, 0)
+        others = {hex(s): n for s, n in self.statuses.items() if s not in (0, _OUT_OF_RESOURCES)}
         lines = [
             f"whole-pipeline soak: {len(self.cuts)} cuts ({kinds}) in {self.seconds / 60:.1f} min",
             f"  sent {self.sent}, acknowledged {self.acknowledged}, refused 0xA700 {refused}, "
-            f"other statuses {dict((hex(s), n) for s, n in self.statuses.items() if s not in (0, _OUT_OF_RESOURCES))}",  # noqa: E501
+            f"other statuses {others}",
             f"  1 acknowledged = durable: lost {len(self.lost)} (not bit-exact at both PACS)",
             f"  2 no torn state: corrupt {len(self.corrupt)}, torn-state alarms "
             f"{len(self.torn)}, journals pass integrity_check: {self.journals_ok}",

@@ -58,8 +58,8 @@ def test_control_the_soak_catches_a_spool_without_directory_fsync(
         pytest.skip(reason)
     with pipeline(tmp_path, {"WAYSTATION_TEST_FAULT": "skip-dir-fsync"}) as rig:
         figures = run_soak(
-            rig, mixed_templates, cuts=6, weights={"router-power": 1.0}, storage_faults=False,
-            drain_timeout=30, max_traffic=1.0,
+            rig, mixed_templates, cuts=4, weights={"router-power": 1.0}, storage_faults=False,
+            drain_timeout=20, max_traffic=1.0,
         )  # fmt: skip
     print(figures.report())
     assert figures.lost, "power cuts should lose objects when the directory is not fsynced"
