@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 # Debian packages the tests and benchmarks drive as real peers.
-DEB_PACKAGES := dcmtk orthanc fuse3 libfuse3-3 tmux python3-venv systemd iproute2
+DEB_PACKAGES := dcmtk orthanc orthanc-dicomweb fuse3 libfuse3-3 tmux python3-venv systemd iproute2
 
 .PHONY: run test lint unit deps deps-run apt-install venv bench bench-wan soak clean console-screenshots fuzz
 

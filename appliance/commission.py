@@ -18,7 +18,8 @@ from appliance.hubcheck import check_hub
 from appliance.tls import certificate_fingerprint, ensure_certificate
 from router import __version__
 from router.config import load_config
-from router.config.model import Config, HubDestination
+from router.config.model import Config, HubDestination, StowDestination
+from router.control.echo import check_stow
 from router.delivery.dimse import Timeouts, echo
 from router.spool import keys
 from router.spool.crypto import choose_cipher
@@ -102,6 +103,20 @@ def commission(
                     f"hub {destination.name} ({destination.url})",
                     checked.passed,
                     checked.detail,
+                    started,
+                    time.time(),
+                )
+            )
+            continue
+        if isinstance(destination, StowDestination):
+            # Not a DICOM peer: reach it as delivery will (TLS, credentials), storing nothing.
+            started = time.time()
+            tested = check_stow(destination, timeouts=timeouts)
+            report.tests.append(
+                TestResult(
+                    f"STOW-RS {destination.name} ({destination.url})",
+                    tested.ok,
+                    tested.message,
                     started,
                     time.time(),
                 )

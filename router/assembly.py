@@ -12,13 +12,14 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 
 from router.alarms import Alarms
-from router.config.model import Config
+from router.config.model import Config, StowDestination
 from router.config.rules import build_rules
 from router.core.objects import ObjectAttributes, PlannedDelivery, Source
 from router.core.retry import BackoffPolicy
 from router.core.routing import plan, wanted_keywords
 from router.delivery.dimse import Timeouts
 from router.delivery.queue import DeliveryQueue
+from router.delivery.stow_worker import StowWorker
 from router.delivery.worker import DestinationWorker
 from router.spool.recovery import RecoveryReport, recover
 from router.spool.retention import expire
@@ -70,18 +71,32 @@ def delivery_workers(
     timeouts = Timeouts(connect=delivery.connect_timeout, response_base=delivery.response_timeout)
     queue = DeliveryQueue(spool, study_quiet_seconds=config.routing.study_quiet_period)
     policy = backoff_policy(config)
-    workers = {
-        destination.name: DestinationWorker(
-            destination,
-            unit_ae=config.unit.ae_title,
-            spool=spool,
-            queue=queue,
-            policy=policy,
-            timeouts=timeouts,
-            threads=destination.associations,
+    workers: dict[str, DestinationWorker] = {}
+    for destination in config.destinations:
+        threads = destination.associations
+        unit_ae = config.unit.ae_title
+        # STOW-RS sends batches in requests; the others object by object.
+        workers[destination.name] = (
+            StowWorker(
+                destination,
+                unit_ae=unit_ae,
+                spool=spool,
+                queue=queue,
+                policy=policy,
+                timeouts=timeouts,
+                threads=threads,
+            )
+            if isinstance(destination, StowDestination)
+            else DestinationWorker(
+                destination,
+                unit_ae=unit_ae,
+                spool=spool,
+                queue=queue,
+                policy=policy,
+                timeouts=timeouts,
+                threads=threads,
+            )
         )
-        for destination in config.destinations
-    }
     return queue, workers
 
 

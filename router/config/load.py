@@ -12,7 +12,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from router.config.locate import Loc, key_lines, line_of
-from router.config.model import Config, DimseDestination, HubDestination
+from router.config.model import Config, DimseDestination, HubDestination, StowDestination
 from router.errors import ConfigError
 
 DEFAULT_CONFIG_TOML = """\
@@ -96,7 +96,11 @@ def _cross_reference_problems(config: Config) -> list[tuple[Loc, str]]:
     return problems
 
 
-_DESTINATION_TYPES: dict[str, Any] = {"dimse": DimseDestination, "hub": HubDestination}
+_DESTINATION_TYPES: dict[str, Any] = {
+    "dimse": DimseDestination,
+    "hub": HubDestination,
+    "stow": StowDestination,
+}
 _DESTINATION_UNION = object()  # marks "inside destinations[i], before its type"
 
 

@@ -15,6 +15,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -275,7 +276,103 @@ class HubDestination(_Strict):
         return False
 
 
-Destination = Annotated[DimseDestination | HubDestination, Field(discriminator="type")]
+class StowDestination(_Strict):
+    """A DICOMweb STOW-RS origin server (PS3.18): batched multipart/related POSTs to
+    ``{url}/studies`` (docs/delivery.md#stow-rs-destinations).
+
+    Fields that depend on others are declared after them, so each check runs on the key it
+    is about and its error names that key's line."""
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")
+    type: Literal["stow"]
+    # Tests only: allow an http:// URL (credentials and images would travel in clear).
+    insecure_plain_http: bool = Field(default=False, strict=True)
+    # The DICOMweb service root, e.g. "https://pacs.example.org/dicom-web" (no query).
+    url: str
+    username: str | None = Field(default=None, min_length=1, max_length=256)
+    # One line each; read at every request, never logged.
+    password_file: Path | None = None
+    token_file: Path | None = None
+    auth: Literal["none", "basic", "bearer"] = Field(default="none", validate_default=True)
+    # The CA that signed the server's certificate; the system's CAs when absent.
+    ca_file: Path | None = None
+    # The unit's client certificate and key (mutual TLS), if the server asks for one.
+    client_cert: Path | None = None
+    client_key: Path | None = Field(default=None, validate_default=True)
+    # One request carries at most this many bytes of objects and this many objects; a
+    # larger object goes alone.
+    max_request_size: ByteSize = Field(default=4 * 1024 * 1024, ge=64 * 1024, le=1024**3)
+    max_instances: int = Field(default=50, ge=1, le=1000)
+    # "study": POST /studies/{StudyInstanceUID}, one study per request; "any": POST /studies.
+    batch: Literal["study", "any"] = "study"
+    # Requests in flight at once to this server (each its own connection).
+    requests: int = Field(default=1, ge=1, le=8)
+    # A request may take this long plus its size at the slower of min_rate and a quarter
+    # of the measured rate before it is given up (and sent again later).
+    timeout: Seconds = Field(default=60.0, ge=1, le=3600)
+    min_rate: ByteSize = Field(default=16 * 1024, ge=1024)
+    # Cap, weekly calendar of caps and byte budgets on the wire, as for hub destinations
+    # (polite mode is the hub sender's only).
+    rate: RateConfig = Field(default_factory=RateConfig)
+
+    @field_validator("rate")
+    @classmethod
+    def _no_polite(cls, value: RateConfig) -> RateConfig:
+        if value.polite:
+            raise ValueError("polite mode is for hub destinations only")
+        return value
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str, info: ValidationInfo) -> str:
+        if not re.match(r"^https?://[^/\s?#@]+(/[^\s?#]*)?$", value):
+            # The value is not echoed: it may hold a password.
+            raise ValueError(
+                "this is not a DICOMweb service URL such as "
+                '"https://pacs.example.org/dicom-web" (no credentials, query or fragment: '
+                "credentials go in password_file or token_file)"
+            )
+        if value.startswith("http://") and not info.data.get("insecure_plain_http"):
+            raise ValueError(
+                "a STOW-RS destination is reached over https:// (an http:// URL needs "
+                "insecure_plain_http = true, for tests only)"
+            )
+        return value
+
+    @field_validator("auth")
+    @classmethod
+    def _auth(cls, value: str, info: ValidationInfo) -> str:
+        given = {k for k in ("username", "password_file", "token_file") if info.data.get(k)}
+        if value == "basic" and not {"username", "password_file"} <= given:
+            raise ValueError('auth = "basic" needs username and password_file')
+        if value == "bearer" and "token_file" not in given:
+            raise ValueError('auth = "bearer" needs token_file')
+        if value != "basic" and given & {"username", "password_file"}:
+            raise ValueError('username and password_file apply to auth = "basic" only')
+        if value != "bearer" and "token_file" in given:
+            raise ValueError('token_file applies to auth = "bearer" only')
+        return value
+
+    @field_validator("client_key")
+    @classmethod
+    def _client_key(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        if (info.data.get("client_cert") is None) != (value is None):
+            raise ValueError("client_cert and client_key go together (the unit's certificate)")
+        return value
+
+    @property
+    def associations(self) -> int:
+        """Worker threads: one per concurrent request."""
+        return self.requests
+
+    @property
+    def storage_commitment(self) -> bool:
+        """A STOW-RS answer is the server's confirmation; no DICOM Storage Commitment."""
+        return False
+
+
+AnyDestination = DimseDestination | HubDestination | StowDestination
+Destination = Annotated[AnyDestination, Field(discriminator="type")]
 
 
 class HubServerConfig(_Strict):
@@ -564,9 +661,10 @@ class Config(_Strict):
         return self.control.pin_file or self.state_dir / "operator.pin"
 
 
-def _resolve_destination(
-    destination: DimseDestination | HubDestination, base: Path
-) -> DimseDestination | HubDestination:
+def _resolve_destination(destination: AnyDestination, base: Path) -> AnyDestination:
+    if isinstance(destination, StowDestination):
+        names = ("password_file", "token_file", "ca_file", "client_cert", "client_key")
+        return _resolve_files(destination, base, names)
     if not isinstance(destination, HubDestination):
         if destination.tls is None:
             return destination

@@ -30,6 +30,9 @@ def certificate_health(config: Config, now: datetime.datetime | None = None) -> 
         settings = getattr(destination, "tls", None)
         if settings is not None and settings.cert is not None:
             certificates.append((f"tls certificate ({destination.name})", settings.cert))
+        client_cert = getattr(destination, "client_cert", None)  # STOW-RS destinations
+        if client_cert is not None:
+            certificates.append((f"tls certificate ({destination.name})", client_cert))
     return [_item(name, path, warning_days, now) for name, path in certificates]
 
 

@@ -9,12 +9,12 @@ from dataclasses import dataclass
 
 from pydantic import ValidationError
 
-from router.config.model import HubDestination
+from router.config.model import HubDestination, StowDestination
 from router.control import study_views, views
 from router.control.actions import Actions, audit_only, refuse
 from router.control.auth import Peer
 from router.control.context import ControlContext
-from router.control.echo import echo
+from router.control.echo import check_stow, echo
 from router.control.failures import ApiFailure, bad_request, not_found
 from router.control.schema import PRIORITIES, ActionRequest
 from router.delivery.dimse import Timeouts
@@ -234,13 +234,11 @@ def _destination(
     if isinstance(destination, HubDestination):
         raise bad_request(f"{name} is a hub: C-ECHO tests DICOM destinations only")
     delivery = ctx.config.delivery
-    result = echo(
-        destination,
-        unit_ae=ctx.config.unit.ae_title,
-        timeouts=Timeouts(
-            connect=delivery.connect_timeout, response_base=delivery.response_timeout
-        ),
-    )
+    timeouts = Timeouts(connect=delivery.connect_timeout, response_base=delivery.response_timeout)
+    if isinstance(destination, StowDestination):  # an HTTP test of it, storing nothing
+        result = check_stow(destination, timeouts=timeouts)
+    else:
+        result = echo(destination, unit_ae=ctx.config.unit.ae_title, timeouts=timeouts)
     outcome = f"{'ok' if result.ok else 'failed'}: {result.message}"
     audit_only(ctx, request.peer, "echo", name, body.reason, outcome)
     return result

@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import Literal, cast
 
 from router import __version__
-from router.config.model import HubDestination
+from router.config.model import HubDestination, StowDestination
 from router.control.certificates import certificate_health
 from router.control.context import ControlContext
 from router.control.schema import (
@@ -119,11 +119,13 @@ def _destination(ctx: ControlContext, conn: sqlite3.Connection, name: str) -> De
             "at_hub": int(receipts.get("committed", 0)),
             "at_provider": int(receipts.get("delivered", 0)),
         }
+    if isinstance(destination, StowDestination):
+        hub = {"kind": "stow"}
     return DestinationView(
         name=name,
         address=(
             destination.url
-            if isinstance(destination, HubDestination)
+            if isinstance(destination, HubDestination | StowDestination)
             else f"{destination.ae_title}@{destination.host}:{destination.port}"
         ),
         state=cast(DestinationState, state),

@@ -24,7 +24,10 @@ class Outcome:
     (association rejected: ``result`` 1 permanent or 2 transient, ``reason`` code, ``source``),
     "aborted" (association aborted or closed mid-transfer), "no-response" (no answer within
     the timeout), "no-context" (the destination accepted no presentation context for the
-    object's SOP class and transfer syntax), "unreadable" (the held object cannot be read).
+    object's SOP class and transfer syntax), "unreadable" (the held object cannot be read),
+    "stored" (a STOW-RS server stored it; ``status`` its WarningReason, if any), "http" (an
+    HTTP answer ``status``), "http-auth" (HTTP 401/403: credentials refused), "http-tls" (the
+    server's certificate is not trusted, or TLS failed).
     """
 
     kind: str
@@ -103,6 +106,27 @@ def classify(outcome: Outcome, *, destination: str, unit_ae: str, dest_ae: str) 
             "Ask the provider to enrol the unit again.",
             outcome.status,
         )
+    if kind == "stored":
+        return _classify_stored(outcome)
+    if kind == "http-auth" and outcome.status is None:  # our own credentials file
+        return Classification(
+            "permanent",
+            f"{name}: {outcome.detail}. Check the destination's password_file or token_file. "
+            "Call IT.",
+        )
+    if kind == "http-auth":
+        return Classification(
+            "permanent",
+            f"{name}: the server refuses our credentials "
+            f"({outcome.detail or f'HTTP {outcome.status}'}). Check the destination's "
+            "username and password_file or token_file. Call IT.",
+            outcome.status,
+        )
+    if kind == "http-tls":
+        return Classification(
+            "permanent",
+            f"{name}: {outcome.detail}. Check ca_file (and client_cert). Call IT.",
+        )
     if kind == "hub-tls":
         return Classification(
             "permanent",
@@ -141,6 +165,17 @@ def _classify_status(status: int, name: str) -> Classification:
     return Classification("permanent", f"{name} refused the image (0x{status:04X}).", status)
 
 
+def _classify_stored(outcome: Outcome) -> Classification:
+    """A STOW-RS server stored the object (``status``: its WarningReason, if any)."""
+    if outcome.status:
+        return Classification(
+            "delivered", f"delivered with warning 0x{outcome.status:04X}", outcome.status
+        )
+    return Classification(
+        "delivered", f"delivered ({outcome.detail})" if outcome.detail else "delivered", 0
+    )
+
+
 def _classify_http(status: int, name: str, detail: str) -> Classification:
     """A hub's HTTP answer: 2xx delivered; 408, 429 and 5xx transient; other 4xx permanent."""
     said = f" ({detail})" if detail else ""
@@ -150,6 +185,12 @@ def _classify_http(status: int, name: str, detail: str) -> Classification:
         return Classification("transient", f"{name} is out of storage space{said}.", status)
     if status in (408, 429) or status >= 500:
         return Classification("transient", f"{name} is busy or having trouble{said}.", status)
+    if status == 413:
+        return Classification(
+            "permanent", f"{name} refuses an object this large{said}. Call IT.", status
+        )
+    if status == 409:
+        return Classification("permanent", f"{name} refused to store the object{said}.", status)
     return Classification("permanent", f"{name} refused the object{said}.", status)
 
 

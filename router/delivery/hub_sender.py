@@ -23,7 +23,6 @@ import hashlib
 import http.client
 import json
 import logging
-import socket
 import sqlite3
 import ssl
 import time
@@ -34,6 +33,7 @@ from urllib.parse import quote, urlsplit
 
 from router.config.model import HubDestination
 from router.core.retry import Outcome
+from router.delivery.http_connection import BbrHTTPConnection, BbrHTTPSConnection
 from router.errors import IntegrityError
 from router.hub import protocol as p
 from router.spool.crypto import BlobReader
@@ -45,7 +45,6 @@ from router.wan.rate import BudgetCounters, RateGate
 
 log = logging.getLogger("waystation.delivery")
 
-_TCP_CONGESTION = getattr(socket, "TCP_CONGESTION", 13)
 _RECEIPT_BATCH = 100
 # Bigger objects are streamed as they are (the envelope is made in memory).
 _ENVELOPE_MAX = 64 * 1024 * 1024
@@ -92,28 +91,6 @@ class _Response:
     @property
     def error(self) -> str:
         return str(self.body.get("error", "")) or f"HTTP {self.status}"
-
-
-def set_bbr(sock: socket.socket) -> bool:
-    """Use BBR on this socket where the kernel offers it (loss-tolerant congestion control);
-    otherwise keep the system's default. Returns whether BBR is in use."""
-    try:
-        sock.setsockopt(socket.IPPROTO_TCP, _TCP_CONGESTION, b"bbr")
-    except OSError:
-        return False
-    return True
-
-
-class _BbrHTTPConnection(http.client.HTTPConnection):
-    def connect(self) -> None:
-        super().connect()
-        set_bbr(self.sock)
-
-
-class _BbrHTTPSConnection(http.client.HTTPSConnection):
-    def connect(self) -> None:
-        super().connect()
-        set_bbr(self.sock)
 
 
 class HubSender:
@@ -496,9 +473,9 @@ class HubSender:
                 context = ssl.create_default_context(
                     cafile=str(self.destination.ca_file) if self.destination.ca_file else None
                 )
-                self._conn = _BbrHTTPSConnection(host, port, timeout=timeout, context=context)
+                self._conn = BbrHTTPSConnection(host, port, timeout=timeout, context=context)
             else:
-                self._conn = _BbrHTTPConnection(host, port, timeout=timeout)
+                self._conn = BbrHTTPConnection(host, port, timeout=timeout)
         return self._conn
 
     def _token(self) -> str:

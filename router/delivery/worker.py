@@ -10,11 +10,12 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
-from router.config.model import DimseDestination, HubDestination
+from router.config.model import AnyDestination, DimseDestination, HubDestination
 from router.core.retry import BackoffPolicy, Classification, Outcome, classify
 from router.delivery.dimse import DimseSender, Timeouts
 from router.delivery.hub_sender import HubSender
 from router.delivery.queue import Claimed, DeliveryQueue
+from router.delivery.stow_sender import StowSender
 from router.health.liveness import Heartbeat
 from router.spool.spool import Spool
 
@@ -28,12 +29,23 @@ log = logging.getLogger("waystation.delivery")
 # recognised" - is the destination's configuration, not the object's: objects stay queued and
 # the destination shows as blocked until it accepts this unit.
 # A hub refusing this unit's token, or a hub certificate not trusted, is the same.
-_DESTINATION_DOWN = {"refused", "unreachable", "rejected", "hub-token", "hub-tls"}
+# A STOW-RS server refusing our credentials (HTTP 401/403) or not trusted is the same.
+DESTINATION_DOWN = {
+    "refused",
+    "unreachable",
+    "rejected",
+    "hub-token",
+    "hub-tls",
+    "http-auth",
+    "http-tls",
+}
 _RECEIPT_POLL_SECONDS = 10.0
 # Below the association's network timeout, so an idle association is released, not aborted.
 _IDLE_RELEASE_SECONDS = 10.0
 _BATCH = 8
 _IDLE_POLL_SECONDS = 1.0
+# What a worker thread sends with (a STOW-RS worker's is a StowSender).
+Sender = DimseSender | HubSender | StowSender
 # C-STORE priority (PS3.7): stat and urgent HIGH (1), routine MEDIUM (0), bulk LOW (2).
 _DICOM_PRIORITY = {0: 1, 1: 1, 2: 0, 3: 2}
 
@@ -67,7 +79,7 @@ class DestinationWorker:
 
     def __init__(
         self,
-        destination: DimseDestination | HubDestination,
+        destination: AnyDestination,
         *,
         unit_ae: str,
         spool: Spool,
@@ -129,8 +141,9 @@ class DestinationWorker:
         for thread in self._threads:
             thread.join(timeout=timeout)
 
-    def _run(self) -> None:
-        sender: DimseSender | HubSender
+    def _make_sender(self) -> Sender:
+        """This thread's sender for the destination (one per thread)."""
+        sender: Sender
         if isinstance(self.destination, HubDestination):
             name = self.destination.name
             sender = HubSender(
@@ -138,10 +151,16 @@ class DestinationWorker:
                 spool=self.spool,
                 more_urgent=lambda priority: self.queue.has_more_urgent(name, priority),
             )
-        else:
+        elif isinstance(self.destination, DimseDestination):
             sender = DimseSender(
                 self.destination, unit_ae=self.unit_ae, spool=self.spool, timeouts=self.timeouts
             )
+        else:  # assembly.delivery_workers gives these a StowWorker
+            raise TypeError(f"{self.destination.name}: a STOW-RS destination needs a StowWorker")
+        return sender
+
+    def _run(self) -> None:
+        sender = self._make_sender()
         try:
             while not self._stop.is_set():
                 self._heartbeat().working()
@@ -153,7 +172,7 @@ class DestinationWorker:
         finally:
             sender.close()
 
-    def _step(self, sender: DimseSender | HubSender) -> None:
+    def _step(self, sender: Sender) -> None:
         name = self.destination.name
         self._requeue_orphans()
         if self.queue.is_paused(name):
@@ -165,7 +184,7 @@ class DestinationWorker:
         if wait > 0:
             self._sleep(wait)
             return
-        batch = self.queue.claim(name, _BATCH)
+        batch = self.queue.claim(name, self._claim_size())
         if not batch:
             self._poll_receipts(sender)
             if sender.idle_for() > _IDLE_RELEASE_SECONDS:
@@ -178,14 +197,15 @@ class DestinationWorker:
             return
         self._set("sending", "")
         try:
-            self._send_batch(sender, batch)
+            self._deliver_batch(sender, batch)
         except BaseException:
             # Whatever was not recorded stays in flight: queue it again once the journal
             # works (rows already recorded are no longer in flight and are left alone).
             self._note_orphans(batch)
             raise
 
-    def _send_batch(self, sender: DimseSender | HubSender, batch: list[Claimed]) -> None:
+    def _deliver_batch(self, sender: Sender, batch: list[Claimed]) -> None:
+        """Send a claimed batch object by object, most urgent first, recording each."""
         name = self.destination.name
         for index, claimed in enumerate(batch):
             self._heartbeat().working()  # one object answered: progress
@@ -203,7 +223,7 @@ class DestinationWorker:
                 sender.close()
                 outcome = Outcome("aborted", detail=type(exc).__name__)
                 verdict = Classification("transient", f"{name}: unexpected problem.")
-            if outcome.kind in _DESTINATION_DOWN:
+            if outcome.kind in DESTINATION_DOWN:
                 self._destination_down(verdict, claimed, batch[index + 1 :])
                 return
             if outcome.kind == "preempted":
@@ -223,56 +243,67 @@ class DestinationWorker:
             if self._consecutive_failures:
                 log.info("%s accepts connections again: delivering", name)
             self._consecutive_failures = 0
-            if verdict.verdict == "transient":
-                delay = self.policy.delay(claimed.attempts)
-                if outcome.retry_after is not None:  # the destination said when (Retry-After)
-                    delay = max(delay, outcome.retry_after)
-                retry_at = time.time() + delay
-                self._watch(self.queue.record(name, claimed, verdict, retry_at=retry_at), [claimed])
-                log.info("object %s: %s Retried later.", claimed.object_id, verdict.reason)
-            else:
-                recorded = self.queue.record(
-                    name,
-                    claimed,
-                    verdict,
-                    extra=_what_was_changed(outcome),
-                    awaiting_commitment=self.destination.storage_commitment,
-                )
-                self._watch(recorded, [claimed])
-                self._count(verdict)
-                if verdict.verdict == "permanent":
-                    # Object ids and reasons only: the reason names the destination and the
-                    # kind of image, never patient data.
-                    log.warning(
-                        "object %s NOT delivered to %s: %s Waiting for an operator.",
-                        claimed.object_id,
-                        name,
-                        verdict.reason,
-                    )
+            self._settle(claimed, verdict, outcome)
 
-    def _deliver(
-        self, sender: DimseSender | HubSender, claimed: Claimed
-    ) -> tuple[Classification, Outcome]:
+    def _claim_size(self) -> int:
+        """How many due deliveries to take at once."""
+        return _BATCH
+
+    def _settle(self, claimed: Claimed, verdict: Classification, outcome: Outcome) -> None:
+        """Record one object's outcome: delivered, retried later, or waiting for a person."""
+        name = self.destination.name
+        if verdict.verdict == "transient":
+            delay = self.policy.delay(claimed.attempts)
+            if outcome.retry_after is not None:  # the destination said when (Retry-After)
+                delay = max(delay, outcome.retry_after)
+            retry_at = time.time() + delay
+            self._watch(self.queue.record(name, claimed, verdict, retry_at=retry_at), [claimed])
+            log.info("object %s: %s Retried later.", claimed.object_id, verdict.reason)
+            return
+        recorded = self.queue.record(
+            name,
+            claimed,
+            verdict,
+            extra=_what_was_changed(outcome),
+            awaiting_commitment=self.destination.storage_commitment,
+        )
+        self._watch(recorded, [claimed])
+        self._count(verdict)
+        if verdict.verdict == "permanent":
+            # Object ids and reasons only: the reason names the destination and the kind of
+            # image, never patient data.
+            log.warning(
+                "object %s NOT delivered to %s: %s Waiting for an operator.",
+                claimed.object_id,
+                name,
+                verdict.reason,
+            )
+
+    def _classify(self, outcome: Outcome) -> Classification:
+        return classify(
+            outcome,
+            destination=self.destination.name,
+            unit_ae=self.unit_ae,
+            dest_ae=getattr(self.destination, "ae_title", self.destination.name),
+        )
+
+    def _deliver(self, sender: Sender, claimed: Claimed) -> tuple[Classification, Outcome]:
         held = self.spool.get(claimed.object_id)
         if held is None or held.state not in ("held", "superseded"):
             outcome = Outcome("unreadable", detail="the object is no longer held")
         elif isinstance(sender, HubSender):
             outcome = sender.send(held, claimed.priority)
+        elif isinstance(sender, StowSender):  # never: STOW-RS objects go in requests
+            outcome = Outcome("unreadable", detail="sent one by one")
         else:
             sop_class, syntax = self._context_of(held.id)
             # The send has its own deadline: the watchdog allows it before calling it a hang.
             allowance = self.timeouts.connect + self.timeouts.response(held.size)
             self._heartbeat().working(allowance)
             outcome = sender.send(held, sop_class, syntax, _DICOM_PRIORITY[claimed.priority])
-        verdict = classify(
-            outcome,
-            destination=self.destination.name,
-            unit_ae=self.unit_ae,
-            dest_ae=getattr(self.destination, "ae_title", self.destination.name),
-        )
-        return verdict, outcome
+        return self._classify(outcome), outcome
 
-    def _poll_receipts(self, sender: DimseSender | HubSender) -> None:
+    def _poll_receipts(self, sender: Sender) -> None:
         """When idle, ask a hub which objects reached the provider's PACS."""
         if not isinstance(sender, HubSender):
             return

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 from pydicom.data import get_testdata_file
 
-from router.delivery.hub_sender import HubSender, set_bbr
+from router.delivery.http_connection import set_bbr
+from router.delivery.hub_sender import HubSender
 from router.hub.service import Hub
 from router.spool.spool import Spool
 from tests.support.faultproxy import FaultProxy

@@ -121,6 +121,22 @@ def require(binary: str) -> str:
     return path
 
 
+_ORTHANC_PLUGIN_DIRS = ("/usr/share/orthanc/plugins", "/usr/lib/orthanc")
+_DICOMWEB_PLUGIN = "libOrthancDicomWeb.so"
+
+
+def require_orthanc_plugin(name: str) -> str:
+    """The path of an Orthanc plugin library, or skip (fail under WAYSTATION_REQUIRE_PEERS)."""
+    for directory in _ORTHANC_PLUGIN_DIRS:
+        candidate = Path(directory) / name
+        if candidate.is_file():
+            return str(candidate)
+    _missing(
+        f"the Orthanc plugin {name} is not installed (Debian package orthanc-dicomweb; "
+        "`make deps` installs it)"
+    )
+
+
 def free_port() -> int:
     """A TCP port that is free on 127.0.0.1 right now (the kernel's choice)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -704,7 +720,8 @@ class Orthanc(_Peer):
         Orthanc STORAGE_DIR/orthanc.json
 
     Configuration: HTTP and DICOM servers on the given (or free) ports, RemoteAccessAllowed
-    false and AuthenticationEnabled false (so loopback REST needs no credentials), no plugins,
+    false and AuthenticationEnabled false (so loopback REST needs no credentials), no plugins
+    (with ``dicomweb=True``: Debian's DICOMweb plugin, serving STOW-RS at ``/dicom-web/``),
     no Lua, WebDAV off, StorageCompression off (``/instances/{id}/file`` returns what was
     stored), UnknownSopClassAccepted true, all transfer syntaxes accepted (the default), and
     the durability defaults left alone (SyncStorageArea true: fsync of every stored file).
@@ -725,9 +742,12 @@ class Orthanc(_Peer):
         aet: str = "ORTHANC",
         modalities: dict[str, tuple[str, str, int]] | None = None,
         extra_config: Mapping[str, object] | None = None,
+        dicomweb: bool = False,
     ) -> None:
         super().__init__()
         self.binary = require("Orthanc")
+        # Debian's orthanc-dicomweb plugin: STOW-RS at ``dicomweb_url``.
+        self.plugins = [require_orthanc_plugin(_DICOMWEB_PLUGIN)] if dicomweb else []
         self.root = Path(storage_dir)
         self.root.mkdir(parents=True, exist_ok=True)
         self.storage_path = self.root / "storage"
@@ -749,7 +769,7 @@ class Orthanc(_Peer):
             "StorageDirectory": str(self.storage_path),
             "IndexDirectory": str(self.index_path),
             "StorageCompression": False,
-            "Plugins": [],
+            "Plugins": list(self.plugins),
             "LuaScripts": [],
             "HttpServerEnabled": True,
             "HttpPort": self.http_port,
@@ -771,6 +791,8 @@ class Orthanc(_Peer):
             },
             "SyncStorageArea": True,
         }
+        if self.plugins:
+            config["DicomWeb"] = {"Enable": True, "Root": "/dicom-web/", "Servers": {}}
         config.update(self.extra_config)
         return config
 
@@ -803,6 +825,11 @@ class Orthanc(_Peer):
     def url(self) -> str:
         """Base URL of the REST API."""
         return f"http://{LOOPBACK}:{self.http_port}"
+
+    @property
+    def dicomweb_url(self) -> str:
+        """The DICOMweb service root (with ``dicomweb=True``)."""
+        return f"{self.url}/dicom-web"
 
     def rest(self, method: str, path: str, body: object = None, *, timeout: float = 60.0) -> object:
         """Call the REST API; JSON responses are decoded, others returned as bytes.
