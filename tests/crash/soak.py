@@ -55,6 +55,9 @@ class SoakFigures:
     journals_ok: bool = False
     hub_commits: tuple[int, int] = (0, 0)
     seconds: float = 0.0
+    lost_at: Counter[str] = field(default_factory=Counter)  # by destination
+    backlog: int = 0  # acknowledged objects not yet at both PACS when the cutting stopped
+    drain_seconds: float = 0.0
 
     def count(self, *prefixes: str) -> int:
         return sum(1 for kind in self.cuts if kind.startswith(prefixes))
@@ -99,7 +102,10 @@ class SoakFigures:
             f"whole-pipeline soak: {len(self.cuts)} cuts ({kinds}) in {self.seconds / 60:.1f} min",
             f"  sent {self.sent}, acknowledged {self.acknowledged}, refused 0xA700 {refused}, "
             f"other statuses {others}",
-            f"  1 acknowledged = durable: lost {len(self.lost)} (not bit-exact at both PACS)",
+            f"  1 acknowledged = durable: lost {len(self.lost)} (not bit-exact at both PACS after "
+            f"the final recovery: {self.lost_at['local PACS']} missing at the local PACS, "
+            f"{self.lost_at['provider PACS']} at the provider's); backlog when the cutting "
+            f"stopped {self.backlog}, drained in {self.drain_seconds:.0f} s",
             f"  2 no torn state: corrupt {len(self.corrupt)}, torn-state alarms "
             f"{len(self.torn)}, journals pass integrity_check: {self.journals_ok}",
             "  3+6 storage faults: " + ("; ".join(self.faults) or "not run"),
@@ -129,7 +135,7 @@ def run_soak(
     minutes: float = 0.0,
     seed: int = 11,
     max_traffic: float = 1.0,
-    drain_timeout: float = 300.0,
+    drain_timeout: float = 120.0,
     weights: dict[str, float] = KINDS,
     storage_faults: bool = True,
 ) -> SoakFigures:
@@ -172,7 +178,11 @@ def run_soak(
     ledger.cycle = len(figures.cuts) + 1
     rig.link.stop_flap()
     rig.link.normal()
-    drain(rig, ledger, drain_timeout)
+    figures.backlog = sum(
+        1 for a in ledger.acked.values()
+        if not (rig.local_tally.has(a) and rig.provider_tally.has(a))
+    )  # fmt: skip
+    figures.drain_seconds = drain(rig, ledger, drain_timeout)
     rig.stop()
     torn(rig, figures, "at the final stop")
     figures.seconds = time.monotonic() - started
@@ -233,19 +243,29 @@ def torn(rig: Pipeline, figures: SoakFigures, when: str) -> None:
                 figures.torn.append(f"{when}: {which} ALARM {alarm}")
 
 
-def drain(rig: Pipeline, ledger: Ledger, timeout: float) -> None:
-    """Wait until every acknowledged object arrived at both PACS, or ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+def drain(rig: Pipeline, ledger: Ledger, timeout: float, limit: float = 7200.0) -> float:
+    """Wait until every acknowledged object arrived at both PACS; give up after ``timeout``
+    seconds without a new arrival (or ``limit`` in all). Returns the seconds it took: a long
+    soak leaves a backlog on the slower hub path, and draining it is part of recovery."""
+    started = last_progress = time.monotonic()
+    arrived = -1
+    while time.monotonic() - last_progress < timeout and time.monotonic() - started < limit:
         rig.local_tally.scan(settled=1.0)
         rig.provider_tally.scan(settled=1.0)
         acked = list(ledger.acked.values())
-        if all(rig.local_tally.has(a) and rig.provider_tally.has(a) for a in acked):
+        missing = sum(
+            1 for a in acked if not (rig.local_tally.has(a) and rig.provider_tally.has(a))
+        )
+        if missing == 0:
             time.sleep(3)  # late duplicates still count
             rig.local_tally.scan(settled=0.0)
             rig.provider_tally.scan(settled=0.0)
-            return
+            break
+        now_arrived = sum(rig.local_tally.copies.values()) + sum(rig.provider_tally.copies.values())
+        if now_arrived != arrived:
+            arrived, last_progress = now_arrived, time.monotonic()
         time.sleep(1.0)
+    return time.monotonic() - started
 
 
 def _where(a: Acked, figures: SoakFigures) -> str:
@@ -263,6 +283,7 @@ def check(rig: Pipeline, ledger: Ledger, figures: SoakFigures) -> None:
     for a in sorted(ledger.acked.values(), key=lambda a: a.index):
         for name, tally in (("local PACS", rig.local_tally), ("provider PACS", rig.provider_tally)):
             if not tally.has(a):
+                figures.lost_at[name] += 1
                 figures.lost.append(f"object #{a.index} ({_where(a, figures)}) never arrived "
                                     f"bit-exact at the {name}")  # fmt: skip
             if tally.digests.get(a.uid, set()) - {a.digest}:
