@@ -57,14 +57,22 @@ test: deps $(STAMP) lint
 unit: $(STAMP)
 	$(PY) -m pytest tests/unit -q
 
-## Long soaks: 1000 power cuts and 100+ kill -9s.
+## Long soaks: 1000 power cuts and 200 kill -9s of ingest and delivery, then the whole-pipeline
+## soak (router and hub, both PACS, a flapping link): SOAK_CUTS cuts, or fewer if SOAK_MINUTES
+## (0: no limit) runs out first; its figures go to var/soak-report.txt.
+SOAK_CUTS ?= 1000
+SOAK_MINUTES ?= 0
 soak: deps $(STAMP)
-	WAYSTATION_SOAK=1 $(PY) -m pytest -q -s tests/crash/test_powerloss.py tests/crash/test_kill9.py \
+	WAYSTATION_SOAK=1 $(PY) -m pytest -q -s --timeout=0 tests/crash/test_powerloss.py tests/crash/test_kill9.py \
 	  tests/crash/test_delivery_crash.py
+	@mkdir -p var
+	WAYSTATION_SOAK=1 WAYSTATION_SOAK_CUTS=$(SOAK_CUTS) WAYSTATION_SOAK_MINUTES=$(SOAK_MINUTES) \
+	  WAYSTATION_SOAK_REPORT=var/soak-report.txt $(PY) -m pytest -q -s --timeout=0 tests/crash/test_pipeline_soak.py
 
 ## Long property-based fuzzing of every parser of untrusted input (CI runs a short profile).
 fuzz: deps $(STAMP)
-	HYPOTHESIS_PROFILE=fuzz $(PY) -m pytest -q tests/security/test_fuzz.py
+	HYPOTHESIS_PROFILE=fuzz $(PY) -m pytest -q --timeout=0 tests/security/test_fuzz.py \
+	  tests/security/test_fuzz_hub.py
 
 ## Benchmarks against DCMTK and Orthanc in the same run; writes docs/benchmarks.md.
 bench: deps $(STAMP)

@@ -23,6 +23,7 @@ from pydantic import (
 from router.config.dicom_names import check_keyword, check_modality, resolve_sop_class
 from router.config.rate import RateConfig
 from router.config.units import parse_duration, parse_hours, parse_size
+from router.dicom.depth import DEFAULT_MAX_SEQUENCE_DEPTH
 
 _AE_ALLOWED = re.compile(r"^[\x20-\x5b\x5d-\x7e]+$")  # default character repertoire, no "\"
 
@@ -130,6 +131,9 @@ class IngestConfig(_Strict):
     max_associations_per_peer: int = Field(default=0, ge=0, le=256)
     # Largest object accepted; a larger one is read and dropped, answered 0xA700 (0: none).
     max_object_size: ByteSize = Field(default=0, ge=0)
+    # Deepest nesting of sequences accepted in an object; a deeper one is answered 0xC210.
+    # At most 200: pydicom parses nesting recursively (a few hundred levels exhaust it).
+    max_sequence_depth: int = Field(default=DEFAULT_MAX_SEQUENCE_DEPTH, ge=1, le=200)
     tls: IngestTlsConfig | None = None
     max_pdu: int = Field(default=262_144, ge=0, le=16_777_216)
     acse_timeout: float = Field(default=30.0, gt=0, le=3600)

@@ -116,6 +116,26 @@ class _Handler(BaseHTTPRequestHandler):
             raise ApiFailure(413, "too-large", "the request body is too large")
         return self.rfile.read(length) if length else b""
 
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """http.server's own refusals (a malformed request line, an unknown method, a header
+        line too long) in the API's error format, always 4xx: an unknown method is 405 and an
+        unknown HTTP version 400 (found by fuzzing: they were 501 and 505)."""
+        status = {501: 405, 505: 400}.get(code, code)
+        error = ApiError(error="bad-request", message=message or "the request could not be read")
+        body = _encode(error)
+        self.request_version = self.protocol_version  # a status line even to "GET /path"
+        self.close_connection = True
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Connection", "close")
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(body)
+        except OSError:
+            pass
+
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("control API: " + format, *args)
 

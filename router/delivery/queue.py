@@ -157,6 +157,26 @@ class DeliveryQueue:
         # Lazy: if lost, the deliveries stay inflight and recovery makes them pending.
         return self.journal.submit(transaction, durable=False)
 
+    def requeue(self, destination: str, object_ids: list[str]) -> int:
+        """Put back, due now and not counted as attempts, those of ``object_ids`` still in
+        flight to ``destination``: deliveries whose outcome the journal failed to record.
+        Only the worker that claimed them may call this (no one else is sending them).
+        Waits for the commit; returns how many were still in flight."""
+        at = time.time()
+
+        def transaction(conn: sqlite3.Connection) -> int:
+            return sum(
+                conn.execute(
+                    "UPDATE deliveries SET state = 'pending', attempts = attempts - 1,"
+                    " next_attempt_at = ? WHERE object_id = ? AND destination = ?"
+                    " AND state = 'inflight'",
+                    (at, object_id, destination),
+                ).rowcount
+                for object_id in object_ids
+            )
+
+        return int(self.journal.run(transaction))
+
     def has_more_urgent(self, destination: str, priority: int, now: float | None = None) -> bool:
         """Whether a delivery more urgent than ``priority`` is due (and would be claimed):
         a running upload pauses at its next chunk boundary for it."""

@@ -103,11 +103,11 @@ class StowWorker(DestinationWorker):
         for index, request in enumerate(requests):
             later = [by_id[item.object_id] for rest in requests[index:] for item in rest]
             if self._stop.is_set():
-                self.queue.release(name, later, time.time())
+                self._watch(self.queue.release(name, later, time.time()), later)
                 return
             if index and self.queue.has_more_urgent(name, request[0].priority):
                 # A more urgent object waits: give these back (uncounted) and claim again.
-                self.queue.release(name, later, time.time())
+                self._watch(self.queue.release(name, later, time.time()), later)
                 return
             size = sum(item.size for item in request)
             self._heartbeat().working(sender.allowance(size) * 2)
@@ -140,7 +140,8 @@ class StowWorker(DestinationWorker):
             # objects wait, uncounted, until the gate opens. The worker itself does not: a
             # STAT object arriving meanwhile is exempt from budgets and goes at once.
             until = time.time() + (first.retry_after or 60.0)
-            self.queue.release(self.destination.name, claimed + unsent, until)
+            back = claimed + unsent
+            self._watch(self.queue.release(self.destination.name, back, until), back)
             self._set("waiting", verdict.reason, next_retry_at=until)
             return True
         if first.kind in DESTINATION_DOWN:
@@ -157,9 +158,10 @@ class StowWorker(DestinationWorker):
         with self._lock:
             self._down_until = retry_at
         for item in claimed:
-            self.queue.record(self.destination.name, item, verdict, retry_at=retry_at)
+            recorded = self.queue.record(self.destination.name, item, verdict, retry_at=retry_at)
+            self._watch(recorded, [item])
         if unsent:
-            self.queue.release(self.destination.name, unsent, retry_at)
+            self._watch(self.queue.release(self.destination.name, unsent, retry_at), unsent)
         self._set("waiting", verdict.reason, next_retry_at=retry_at)
         log.warning("%s: %s next try in %.0f s", self.destination.name, verdict.reason, delay)
         return True

@@ -6,7 +6,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass, field
+from typing import Any
 
 from router.config.model import AnyDestination, DimseDestination, HubDestination
 from router.core.retry import BackoffPolicy, Classification, Outcome, classify
@@ -99,6 +101,8 @@ class DestinationWorker:
         self._down_until = 0.0
         self._consecutive_failures = 0
         self._receipts_polled = 0.0
+        # Deliveries a failed journal write may have left in flight (see _watch).
+        self._orphans: set[str] = set()
         self._threads = [
             threading.Thread(target=self._run, name=f"deliver-{destination.name}-{i}", daemon=True)
             for i in range(max(1, threads))
@@ -175,6 +179,7 @@ class DestinationWorker:
 
     def _step(self, sender: Sender) -> None:
         name = self.destination.name
+        self._requeue_orphans()
         if self.queue.is_paused(name):
             self._set("paused", "Paused by an operator.")
             sender.close()
@@ -196,7 +201,13 @@ class DestinationWorker:
             self._sleep(min(_IDLE_POLL_SECONDS, max(0.05, due - time.time())) if due else 1.0)
             return
         self._set("sending", "")
-        self._deliver_batch(sender, batch)
+        try:
+            self._deliver_batch(sender, batch)
+        except BaseException:
+            # Whatever was not recorded stays in flight: queue it again once the journal
+            # works (rows already recorded are no longer in flight and are left alone).
+            self._note_orphans(batch)
+            raise
 
     def _deliver_batch(self, sender: Sender, batch: list[Claimed]) -> None:
         """Send a claimed batch object by object, most urgent first, recording each."""
@@ -204,7 +215,7 @@ class DestinationWorker:
         for index, claimed in enumerate(batch):
             self._heartbeat().working()  # one object answered: progress
             if self._stop.is_set():
-                self.queue.release(name, batch[index:], time.time())
+                self._watch(self.queue.release(name, batch[index:], time.time()), batch[index:])
                 return
             try:
                 verdict, outcome = self._deliver(sender, claimed)
@@ -223,14 +234,14 @@ class DestinationWorker:
             if outcome.kind == "preempted":
                 # A more urgent object waits: put these back (not counted as attempts) and
                 # claim again, most urgent first. The upload resumes where it stopped.
-                self.queue.release(name, batch[index:], time.time())
+                self._watch(self.queue.release(name, batch[index:], time.time()), batch[index:])
                 return
             if outcome.kind == "held":
                 # The rate gate holds sending back (a used-up budget, a paused window): the
                 # batch waits, uncounted, until the gate opens. The worker itself does not: a
                 # STAT object arriving meanwhile may be exempt from budgets and goes at once.
                 until = time.time() + (outcome.retry_after or 60.0)
-                self.queue.release(name, batch[index:], until)
+                self._watch(self.queue.release(name, batch[index:], until), batch[index:])
                 self._set("waiting", verdict.reason, next_retry_at=until)
                 return
             if self._consecutive_failures:
@@ -254,16 +265,17 @@ class DestinationWorker:
             if outcome.retry_after is not None:  # the destination said when (Retry-After)
                 delay = max(delay, outcome.retry_after)
             retry_at = time.time() + delay
-            self.queue.record(name, claimed, verdict, retry_at=retry_at)
+            self._watch(self.queue.record(name, claimed, verdict, retry_at=retry_at), [claimed])
             log.info("object %s: %s Retried later.", claimed.object_id, verdict.reason)
             return
-        self.queue.record(
+        recorded = self.queue.record(
             name,
             claimed,
             verdict,
             extra=_what_was_changed(outcome),
             awaiting_commitment=self.destination.storage_commitment,
         )
+        self._watch(recorded, [claimed])
         self._count(verdict)
         if verdict.verdict == "permanent":
             # Object ids and reasons only: the reason names the destination and the kind of
@@ -321,6 +333,39 @@ class DestinationWorker:
         )
         return str(row[0]), str(row[1])
 
+    def _watch(self, future: Future[Any], items: list[Claimed]) -> None:
+        """Why: records and releases commit asynchronously. One the journal fails to commit
+        (a failed write or fsync) leaves its deliveries in flight, and nothing claims an
+        in-flight delivery again before a restart's recovery: the object would wait forever.
+        Note them; the next step queues them again."""
+
+        def done(result: Future[Any]) -> None:
+            if not result.cancelled() and result.exception() is not None:
+                self._note_orphans(items)
+
+        future.add_done_callback(done)
+
+    def _note_orphans(self, items: list[Claimed]) -> None:
+        with self._lock:
+            self._orphans.update(item.object_id for item in items)
+
+    def _requeue_orphans(self) -> None:
+        """Queue again the deliveries a failed journal write left in flight (raises, and
+        keeps them noted, while the journal still fails)."""
+        with self._lock:
+            orphans = sorted(self._orphans)
+        if not orphans:
+            return
+        requeued = self.queue.requeue(self.destination.name, orphans)
+        with self._lock:
+            self._orphans.difference_update(orphans)
+        if requeued:
+            log.warning(
+                "%s: %d deliveries left in flight by a failed journal write are queued again",
+                self.destination.name,
+                requeued,
+            )
+
     def _destination_down(
         self, verdict: Classification, claimed: Claimed, rest: list[Claimed]
     ) -> None:
@@ -332,9 +377,12 @@ class DestinationWorker:
         with self._lock:
             self._down_until = retry_at
         waiting = Classification("transient", verdict.reason, verdict.status)
-        self.queue.record(self.destination.name, claimed, waiting, retry_at=retry_at)
+        self._watch(
+            self.queue.record(self.destination.name, claimed, waiting, retry_at=retry_at),
+            [claimed],
+        )
         if rest:
-            self.queue.release(self.destination.name, rest, retry_at)
+            self._watch(self.queue.release(self.destination.name, rest, retry_at), rest)
         state = "blocked" if blocked else "down"
         self._set(state, verdict.reason, next_retry_at=retry_at)
         log.warning("%s: %s next try in %.0f s", self.destination.name, verdict.reason, delay)

@@ -8,7 +8,6 @@ creation, checksum, termination) where it fits.
 from __future__ import annotations
 
 import base64
-import binascii
 import re
 from dataclasses import dataclass
 
@@ -84,7 +83,7 @@ def parse_metadata(value: str | None) -> UploadMetadata:
             raise ProtocolError("Upload-Metadata: each pair is 'key base64value'")
         try:
             fields[parts[0]] = base64.b64decode(parts[1], validate=True).decode("ascii")
-        except (binascii.Error, UnicodeDecodeError):
+        except ValueError:  # binascii.Error, non-ASCII input, or bytes that are not ASCII
             raise ProtocolError(f"Upload-Metadata: {parts[0]} is not base64 ASCII") from None
     missing = [k for k in _REQUIRED if k not in fields]
     if missing:
@@ -130,7 +129,7 @@ def parse_checksum(value: str | None) -> bytes | None:
         raise ProtocolError("Upload-Checksum: only sha256 is supported")
     try:
         digest = base64.b64decode(encoded, validate=True)
-    except binascii.Error:
+    except ValueError:  # binascii.Error, or non-ASCII characters (found by fuzzing)
         raise ProtocolError("Upload-Checksum: not base64") from None
     if len(digest) != 32:
         raise ProtocolError("Upload-Checksum: a SHA-256 digest has 32 bytes")

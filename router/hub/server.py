@@ -26,6 +26,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from router.alarms import Alarms
 from router.config.model import HubServerConfig
 from router.errors import IntegrityError, StorageFault, StorageFull
 from router.hub import protocol as p
@@ -63,8 +64,10 @@ class _Server(ThreadingHTTPServer):
         store: HubStore,
         units: UnitRegistry,
         tls: ssl.SSLContext | None,
+        alarms: Alarms,
     ) -> None:
         self.config = config
+        self.alarms = alarms
         self.store = store
         self.units = units
         self.tls = tls
@@ -127,6 +130,9 @@ class _Handler(BaseHTTPRequestHandler):
     def parse_request(self) -> bool:
         parsed = super().parse_request()
         self._header_timer.cancel()
+        if parsed and self.request_version == "HTTP/0.9":  # "GET /path": no headers, no token
+            self.send_error(400, "HTTP/0.9 requests are not accepted")
+            return False
         return parsed
 
     def _cut(self) -> None:
@@ -140,6 +146,16 @@ class _Handler(BaseHTTPRequestHandler):
             super().handle()
         except (ConnectionError, TimeoutError, ssl.SSLError, OSError):
             self.close_connection = True
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """http.server's own refusals (a malformed request line, an unknown method, a header
+        line too long) answered like every other refusal: a status line even to a request
+        line that reads as HTTP/0.9, a JSON body, and a 4xx - an unknown method is 405 and
+        an unknown HTTP version 400 (they are the client's mistakes, not the hub's)."""
+        status = {501: 405, 505: 400}.get(code, code)
+        self.request_version = self.protocol_version
+        with contextlib.suppress(OSError):
+            self._error(status, message or "the request could not be read")
 
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("%s %s", self.client_address[0], format % args)
@@ -188,9 +204,11 @@ class _Handler(BaseHTTPRequestHandler):
             self.server.count(refused=1)
             self._error(400, str(exc))
         except StorageFull as exc:
+            self.server.alarms.raise_("spool-full", f"the hub refuses uploads: {exc}")
             self._error(507, f"the hub cannot take data now: {exc}", {"Retry-After": "60"})
         except (StorageFault, IntegrityError) as exc:
             log.error("storage problem answering %s: %s", verb, exc)
+            self.server.alarms.raise_("storage-fault", f"the hub refuses uploads: {exc}")
             self._error(503, "the hub has a storage problem; try later", {"Retry-After": "60"})
         except (ConnectionError, TimeoutError, ssl.SSLError):
             self.close_connection = True
@@ -339,6 +357,9 @@ class _Handler(BaseHTTPRequestHandler):
     def _commit_now(self, unit: str, upload_id: str) -> bool:
         """Commit the upload (verify, store, record the key); whether it was already."""
         committed = self.server.store.commit(unit, upload_id, self.client_address[0])
+        # A commit is durable again: storage works (the alarms are raised again if not).
+        self.server.alarms.clear("spool-full")
+        self.server.alarms.clear("storage-fault")
         self.server.count(**({"already_committed": 1} if committed.already else {"commits": 1}))
         return committed.already
 
@@ -418,7 +439,7 @@ class _Handler(BaseHTTPRequestHandler):
         raw = self._drain_small()
         try:
             body = json.loads(raw or b"{}")
-        except ValueError:
+        except (ValueError, RecursionError):  # nesting deeper than the parser's stack: not JSON
             raise p.ProtocolError("the body is not JSON") from None
         if not isinstance(body, dict):
             raise p.ProtocolError("the body must be a JSON object")
@@ -467,8 +488,15 @@ def tls_context(config: HubServerConfig) -> ssl.SSLContext | None:
 class HubServer:
     """The listening hub; ``serve`` in a thread, ``stop`` to close."""
 
-    def __init__(self, config: HubServerConfig, store: HubStore, units: UnitRegistry) -> None:
-        self._server = _Server(config, store, units, tls_context(config))
+    def __init__(
+        self,
+        config: HubServerConfig,
+        store: HubStore,
+        units: UnitRegistry,
+        alarms: Alarms | None = None,
+    ) -> None:
+        alarms = alarms if alarms is not None else Alarms()
+        self._server = _Server(config, store, units, tls_context(config), alarms)
         self._thread = threading.Thread(target=self._server.serve_forever, name="hub-http")
 
     @property

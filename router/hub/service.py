@@ -50,7 +50,7 @@ class Hub:
         )
         self.store.recover()
         self.units = UnitRegistry(self.spool.journal, self.spool.reader_connection)
-        self.server = HubServer(self.hub_config, self.store, self.units)
+        self.server = HubServer(self.hub_config, self.store, self.units, self.alarms)
         self._stopping = threading.Event()
         self._housekeeping = threading.Thread(target=self._tidy, name="hub-tidy", daemon=True)
 

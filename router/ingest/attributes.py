@@ -12,6 +12,7 @@ from pydicom.tag import BaseTag
 from pydicom.uid import UID, AllTransferSyntaxes, DeflatedExplicitVRLittleEndian
 
 from router.core.objects import ObjectAttributes
+from router.dicom.depth import DEFAULT_MAX_SEQUENCE_DEPTH, SequenceTooDeep, check_sequence_depth
 
 _KNOWN_SYNTAXES = frozenset(str(uid) for uid in AllTransferSyntaxes)
 # Large non-pixel values (encapsulated PDFs, waveforms) are skipped, not loaded.
@@ -52,13 +53,16 @@ def read_attributes(
     command_sop_class: str,
     command_sop_instance: str,
     wanted_keywords: frozenset[str] = frozenset(),
+    max_sequence_depth: int = DEFAULT_MAX_SEQUENCE_DEPTH,
 ) -> ObjectAttributes:
     """Parse the header of the Part 10 stream and return what routing and the console need.
 
-    ``wanted_keywords`` are the attributes routing rules look at; only those are decoded."""
+    ``wanted_keywords`` are the attributes routing rules look at; only those are decoded.
+    Sequences nested deeper than ``max_sequence_depth`` make the object unreadable."""
     try:
         # Buffered: pydicom reads element headers a few bytes at a time.
-        dataset = _read_header(io.BufferedReader(stream, 64 * 1024))  # type: ignore[type-var]
+        buffered = io.BufferedReader(stream, 64 * 1024)  # type: ignore[type-var]
+        dataset = _read_header(buffered, max_sequence_depth)
         # pydicom converts raw values lazily, so reading them can raise too (an unknown VR
         # in the File Meta, say): inside the same containment.
         return _attributes(dataset, command_sop_class, command_sop_instance, wanted_keywords)
@@ -101,7 +105,7 @@ def _attributes(
     )
 
 
-def _read_header(stream: BinaryIO) -> Dataset:
+def _read_header(stream: BinaryIO, max_depth: int) -> Dataset:
     end = stream.seek(0, io.SEEK_END)
     stream.seek(0)
     read_preamble(stream, force=False)
@@ -112,6 +116,7 @@ def _read_header(stream: BinaryIO) -> Dataset:
         # can decode must not be acknowledged as if they could be delivered.
         raise UnreadableObject("unknown transfer syntax", "unknown transfer syntax")
     if syntax != DeflatedExplicitVRLittleEndian:
+        _check_depth(stream, syntax, end, max_depth)
         parsed = read_dataset(
             stream,
             is_implicit_VR=syntax.is_implicit_VR,
@@ -131,8 +136,10 @@ def _read_header(stream: BinaryIO) -> Dataset:
         if not raw:
             break
         inflated += inflater.decompress(raw, _MAX_INFLATED_HEADER - len(inflated))
+    header = io.BytesIO(bytes(inflated))
+    _check_depth(header, syntax, len(inflated), max_depth)
     dataset = read_dataset(
-        io.BytesIO(bytes(inflated)),
+        header,
         is_implicit_VR=False,
         is_little_endian=True,
         stop_when=_HeaderEnd(),
@@ -142,6 +149,23 @@ def _read_header(stream: BinaryIO) -> Dataset:
     _check_lengths(dataset, len(inflated))
     dataset.file_meta = meta
     return dataset
+
+
+def _check_depth(stream: BinaryIO, syntax: UID, end: int, limit: int) -> None:
+    """Refuse over-deep sequences before pydicom (which recurses) reads any of them; the
+    stream is back where it was afterwards."""
+    start = stream.tell()
+    try:
+        check_sequence_depth(
+            stream,
+            implicit=syntax.is_implicit_VR,
+            little=syntax.is_little_endian,
+            end=end,
+            limit=limit,
+        )
+    except SequenceTooDeep as exc:
+        raise UnreadableObject(str(exc), "sequences nested too deep") from None
+    stream.seek(start)
 
 
 class _HeaderEnd:

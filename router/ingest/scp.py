@@ -66,6 +66,7 @@ class IngestServer:
             alarm=alarm,
             wanted_keywords=wanted_keywords,
             on_stored=on_stored,
+            max_sequence_depth=config.max_sequence_depth,
         )
         self.limits = Limits(
             ae_title=ae_title,

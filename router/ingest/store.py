@@ -14,6 +14,7 @@ import traceback
 from collections.abc import Callable, Sequence
 
 from router.core.objects import ObjectAttributes, PlannedDelivery, Source
+from router.dicom.depth import DEFAULT_MAX_SEQUENCE_DEPTH
 from router.errors import StorageFault, StorageFull
 from router.ingest.attributes import UnreadableObject, read_attributes
 from router.spool.incoming import IncomingObject
@@ -41,6 +42,7 @@ class ObjectStore:
         alarm: AlarmSink,
         wanted_keywords: frozenset[str] = frozenset(),
         on_stored: Callable[[Sequence[PlannedDelivery]], None] = lambda deliveries: None,
+        max_sequence_depth: int = DEFAULT_MAX_SEQUENCE_DEPTH,
     ) -> None:
         self.spool = spool
         self._planner = planner
@@ -48,6 +50,7 @@ class ObjectStore:
         # The attributes routing rules test; only these are decoded from each header.
         self._wanted_keywords = wanted_keywords
         self._on_stored = on_stored
+        self._max_sequence_depth = max_sequence_depth
         self.stored = 0
         self.last_received_at: float | None = None
 
@@ -99,6 +102,7 @@ class ObjectStore:
                     command_sop_class=sop_class,
                     command_sop_instance=sop_instance,
                     wanted_keywords=self._wanted_keywords,
+                    max_sequence_depth=self._max_sequence_depth,
                 )
         except UnreadableObject as exc:
             # The parser's message can quote values from the object: log only its kind.

@@ -29,6 +29,18 @@ def templates(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     return tiny * 3 + ct + large
 
 
+@pytest.fixture(scope="session")
+def mixed_templates(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """Tiny objects (held inline in the journal), 256x256 and 512x512 CT slices (the blob-file
+    path: the rig's inline limit is 64 KiB), in the proportions 4:2:1."""
+    base = tmp_path_factory.mktemp("pipeline-templates")
+    tiny = dicomgen.make_tiny_objects(base / "tiny", count=1)
+    small = dicomgen.make_ct_series(base / "ct256", count=1, rows=256, cols=256)
+    large = dicomgen.make_ct_series(base / "ct512", count=1)
+    assert small[0].stat().st_size > 64 * 1024
+    return tiny * 4 + small * 2 + large
+
+
 @pytest.fixture
 def crashfs(tmp_path: Path) -> Iterator[CrashFS]:
     """A mounted power-loss file system, unmounted afterwards whatever happens."""

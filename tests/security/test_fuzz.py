@@ -241,3 +241,57 @@ def test_regression_unknown_vr_in_file_meta_is_unreadable() -> None:
     assert data != PART10
     with pytest.raises(UnreadableObject):
         read_attributes(io.BytesIO(data), command_sop_class=CT, command_sop_instance="1.2.3.4.5")
+
+
+@settings(max_examples=60, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    method=st.sampled_from(["GET", "POST", "DELETE", "BREW"]),
+    path=st.sampled_from(
+        ["/v1/status", "/v1/alarms", "/v1/destinations/pacs/pause", "/v1/studies/1/discard"]
+    ),
+    headers=st.dictionaries(
+        st.sampled_from(
+            [
+                "X-Waystation-PIN",
+                "Content-Type",
+                "Transfer-Encoding",
+                "Content-Encoding",
+                "Expect",
+                "Authorization",
+                "Connection",
+            ]
+        ),
+        st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=80),
+        max_size=4,
+    ),
+)
+def test_control_api_answers_hostile_headers_with_4xx(
+    control_router: RouterProcess, method: str, path: str, headers: dict[str, str]
+) -> None:
+    connection = _Unix(control_router.socket_path)
+    try:
+        connection.putrequest(method, path, skip_accept_encoding=True)
+        for name, value in headers.items():
+            connection.putheader(name, value)
+        body = b'{"reason": "fuzz"}'
+        connection.putheader("Content-Length", str(len(body)))
+        connection.endheaders()
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            connection.send(body)  # a refusal may come (and the socket close) before the body
+        status = connection.getresponse().status
+    finally:
+        connection.close()
+    assert status < 500, f"{method} {path} {headers} -> {status}"
+
+
+def test_regression_control_api_unknown_method_is_405(control_router: RouterProcess) -> None:
+    # Found by the header fuzzing above: http.server answered an unknown method with 501.
+    connection = _Unix(control_router.socket_path)
+    try:
+        connection.putrequest("BREW", "/v1/status", skip_accept_encoding=True)
+        connection.endheaders()
+        response = connection.getresponse()
+        assert response.status == 405
+        assert b'"error":"bad-request"' in response.read().replace(b" ", b"")
+    finally:
+        connection.close()

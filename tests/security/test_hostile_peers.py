@@ -26,9 +26,11 @@ from tests.support import dicomgen
 from tests.support.router_proc import RouterProcess, free_port, waystation, write_config
 from tests.support.sender import send
 from tests.unit.test_ingest_protocol import CT, EXPLICIT, IMPLICIT, _request
+from tests.unit.test_sequence_depth import nested
 
 DEFLATED = "1.2.840.10008.1.2.1.99"
 MAX_OBJECT = 1024 * 1024
+MAX_DEPTH = 32
 ACCEPTED, REJECTED, ABORTED = 0x02, 0x03, 0x07
 
 
@@ -42,7 +44,8 @@ def hostile_router(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RouterP
         config.read_text().replace(
             "max_pdu = 262144",
             "max_pdu = 262144\nacse_timeout = 3\nnetwork_timeout = 5\nmax_associations = 6\n"
-            f"max_associations_per_peer = 2\nmax_object_size = {MAX_OBJECT}",
+            f"max_associations_per_peer = 2\nmax_object_size = {MAX_OBJECT}\n"
+            f"max_sequence_depth = {MAX_DEPTH}",
         )
     )
     with RouterProcess(config) as proc:
@@ -212,6 +215,37 @@ def test_malformed_data_sets_are_refused_and_nothing_is_kept(
     assert status in (0xC210, -1), hex(status)  # refused (or aborted): never acknowledged
     assert _held(hostile_router) == before
     _served(hostile_router, tmp_path, "after")
+
+
+@pytest.mark.parametrize(
+    ("syntax", "undefined"),
+    [(EXPLICIT, False), (EXPLICIT, True), (IMPLICIT, False), (IMPLICIT, True)],
+    ids=["explicit-defined", "explicit-undefined", "implicit-defined", "implicit-undefined"],
+)
+def test_sequences_nested_over_the_limit_are_refused_and_the_association_goes_on(
+    hostile_router: RouterProcess, syntax: str, undefined: bool
+) -> None:
+    explicit = syntax == EXPLICIT
+
+    def deep(instance: str, depth: int) -> bytes:
+        head = encode(_dataset(SOPInstanceUID=instance), not explicit, True)
+        assert head is not None
+        return head + nested(depth, explicit=explicit, undefined=undefined, lead=False)
+
+    before = _held(hostile_router)
+    base = f"1.2.3.4.20.{int(explicit)}{int(undefined)}"
+    peer = RawPeer(router_port(hostile_router))
+    try:
+        assert peer.associate([(1, CT, [syntax])])[:1] == bytes([ACCEPTED])
+        assert peer.store(1, CT, base + ".1", deep(base + ".1", MAX_DEPTH + 1)) == 0xC210
+        # Defined lengths once went through (pydicom reads those lazily): 2000 deep.
+        assert peer.store(1, CT, base + ".2", deep(base + ".2", 2000)) == 0xC210
+        # The same association goes on; an object at the limit is stored.
+        assert peer.store(1, CT, base + ".3", deep(base + ".3", MAX_DEPTH)) == 0x0000
+    finally:
+        peer.close()
+    assert _held(hostile_router) == before + 1
+    assert "could not be decoded (sequences nested too deep)" in hostile_router.read_log()
 
 
 def test_odd_value_length_is_tolerated_or_refused_never_crashes(

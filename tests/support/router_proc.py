@@ -74,9 +74,15 @@ class RouterProcess:
         env: dict[str, str] | None = None,
         log: Path | None = None,
         prefix: Sequence[str] = (),
+        command: Sequence[str] = ("run",),
+        ready: bytes = b"waystation ready",
     ) -> None:
         # ``prefix`` wraps the command, e.g. ["ip", "netns", "exec", NS] (tests/support/wanlink).
+        # ``command`` and ``ready`` run something else, e.g. ``("hub",)`` and
+        # ``b"waystation hub ready"`` for a hub (`waystation hub --config FILE`).
         self.prefix = list(prefix)
+        self.command = list(command)
+        self.ready = ready
         self.config = config
         self.env = {**os.environ, **(env or {})}
         self.log_path = log or config.parent / "router.log"
@@ -97,7 +103,15 @@ class RouterProcess:
         """Start and wait for the ready line; raises with the log if it does not come."""
         log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the process
         self.proc = subprocess.Popen(
-            [*self.prefix, sys.executable, "-m", "router.cli", "run", "--config", str(self.config)],
+            [
+                *self.prefix,
+                sys.executable,
+                "-m",
+                "router.cli",
+                *self.command,
+                "--config",
+                str(self.config),
+            ],
             cwd=REPO,
             env=self.env,
             stdout=subprocess.PIPE,
@@ -110,7 +124,7 @@ class RouterProcess:
             ready, _, _ = select.select([self.proc.stdout], [], [], 0.2)
             if ready:
                 line = self.proc.stdout.readline()
-                if line.startswith(b"waystation ready"):
+                if line.startswith(self.ready):
                     return self
                 if not line and self.proc.poll() is not None:
                     break

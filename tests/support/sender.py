@@ -11,6 +11,7 @@ from typing import Any
 from pydicom import dcmread
 from pynetdicom import AE
 from pynetdicom.association import Association
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 ON_ACK = Callable[[Path, int], None]
 
@@ -95,3 +96,18 @@ def send(
         if assoc.is_established:
             assoc.release()
     return result
+
+
+def echo_ok(port: int, called_ae: str = "WAYSTATION") -> bool:
+    """Whether the router accepts an association and answers C-ECHO now."""
+    ae = AE(ae_title="ECHOSCU")
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 3
+    ae.add_requested_context(Verification)
+    assoc = ae.associate("127.0.0.1", port, ae_title=called_ae)
+    if not assoc.is_established:
+        return False
+    try:
+        status = assoc.send_c_echo()
+        return bool(status) and int(status.Status) == 0
+    finally:
+        assoc.release()

@@ -177,3 +177,18 @@ def test_retention_deletes_only_fully_delivered_objects_and_destroys_keys(
     assert remaining == {pending, failed}  # undelivered objects are never deleted
     assert verify(spool).ok
     spool.close()
+
+
+def test_requeue_puts_back_only_deliveries_still_in_flight(tmp_path: Path) -> None:
+    # What a worker does after a journal write failed to record an outcome (worker.py).
+    spool = open_spool(tmp_path)
+    queue = DeliveryQueue(spool)
+    first, second = store(spool), store(spool)
+    claimed = queue.claim("pacs", 2)
+    assert {c.object_id for c in claimed} == {first, second}
+    done = next(c for c in claimed if c.object_id == first)
+    queue.record("pacs", done, Classification("delivered", "ok", 0)).result()
+    assert queue.requeue("pacs", [first, second]) == 1  # the delivered one is left alone
+    assert [c.object_id for c in queue.claim("pacs", 5)] == [second]
+    assert queue.claim("pacs", 5) == []
+    spool.close()
