@@ -42,6 +42,7 @@ from router.config.model import HubDestination
 from router.core.retry import Outcome
 from router.delivery.http_connection import BbrHTTPConnection, BbrHTTPSConnection
 from router.delivery.hub_link import HubLink
+from router.delivery.shared_gate import load_counters, save_counters
 from router.errors import IntegrityError
 from router.hub import protocol as p
 from router.spool.crypto import BlobReader
@@ -49,7 +50,7 @@ from router.spool.spool import HeldObject, Spool
 from router.wan import envelope
 from router.wan.chunking import ChunkSizer
 from router.wan.polite import PoliteController, tcp_rtt
-from router.wan.rate import BudgetCounters, RateGate
+from router.wan.rate import RateGate
 
 log = logging.getLogger("waystation.delivery")
 
@@ -143,7 +144,7 @@ def hub_link(destination: HubDestination, spool: Spool) -> HubLink:
     if destination.rate.polite:
         ceiling = destination.rate.policy().bits_per_second or _POLITE_CEILING
         polite = PoliteController(max_rate=float(ceiling), target=destination.rate.polite_delay)
-    gate = RateGate(destination.rate.policy(), counters=_load_counters(destination.name, spool))
+    gate = RateGate(destination.rate.policy(), counters=load_counters(spool, destination.name))
     return HubLink(gate, polite)
 
 
@@ -433,17 +434,7 @@ class HubSender:
             self._check_preempted(object_id, priority, offset, size)
 
     def _persist_counters(self) -> None:
-        record = json.dumps(self.link.counters().to_dict())
-        key = f"rate-counters:{self.destination.name}"
-        # Not waited for: losing the last few chunks' counts at a crash overshoots a budget
-        # by at most those chunks.
-        self.spool.journal.submit(
-            lambda conn: conn.execute(
-                "INSERT INTO journal_meta(key, value) VALUES (?, ?)"
-                " ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-                (key, record),
-            )
-        )
+        save_counters(self.spool, self.destination.name, self.link.counters().to_dict())
 
     def _send_politely(self, conn: http.client.HTTPConnection, body: bytes) -> None:
         """Send a chunk in slices paced to the polite controller's rate, which follows the
@@ -651,20 +642,6 @@ class HubSender:
         except ValueError:
             parsed = {}
         return _Response(status, got, parsed if isinstance(parsed, dict) else {})
-
-
-def _load_counters(destination: str, spool: Spool) -> BudgetCounters:
-    row = (
-        spool.reader_connection()
-        .execute("SELECT value FROM journal_meta WHERE key = ?", (f"rate-counters:{destination}",))
-        .fetchone()
-    )
-    if row is None:
-        return BudgetCounters()
-    try:
-        return BudgetCounters.from_dict(json.loads(row[0]))
-    except (ValueError, TypeError, KeyError):
-        return BudgetCounters()
 
 
 def _now() -> dt.datetime:

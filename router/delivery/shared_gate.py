@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import threading
+from typing import Any
 
 from router.config.rate import RateConfig
 from router.spool.spool import Spool
@@ -21,9 +22,9 @@ class SharedGate:
 
     def __init__(self, spool: Spool, destination: str, rate: RateConfig) -> None:
         self.spool = spool
-        self.key = f"rate-counters:{destination}"
+        self.destination = destination
         self._lock = threading.Lock()
-        self.gate = RateGate(rate.policy(), counters=self._load())
+        self.gate = RateGate(rate.policy(), counters=load_counters(spool, destination))
 
     @property
     def limited(self) -> bool:
@@ -56,28 +57,41 @@ class SharedGate:
         """Record the counters in the journal. Not waited for: losing the last request's
         count at a crash overshoots a budget by at most that request."""
         with self._lock:
-            record = json.dumps(self.gate.counters.to_dict())
-        key = self.key
-        self.spool.journal.submit(
-            lambda conn: conn.execute(
-                "INSERT INTO journal_meta(key, value) VALUES (?, ?)"
-                " ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-                (key, record),
-            )
-        )
+            counters = self.gate.counters.to_dict()
+        save_counters(self.spool, self.destination, counters)
 
-    def _load(self) -> BudgetCounters:
-        row = (
-            self.spool.reader_connection()
-            .execute("SELECT value FROM journal_meta WHERE key = ?", (self.key,))
-            .fetchone()
+
+def load_counters(spool: Spool, destination: str) -> BudgetCounters:
+    """A destination's budget counters as last recorded in the journal (fresh ones if none)."""
+    row = (
+        spool.reader_connection()
+        .execute("SELECT value FROM journal_meta WHERE key = ?", (_key(destination),))
+        .fetchone()
+    )
+    if row is None:
+        return BudgetCounters()
+    try:
+        return BudgetCounters.from_dict(json.loads(row[0]))
+    except (ValueError, TypeError, KeyError):
+        return BudgetCounters()
+
+
+def save_counters(spool: Spool, destination: str, counters: dict[str, Any]) -> None:
+    """Record a destination's budget counters in the journal. Not waited for: losing the last
+    few requests' counts at a crash overshoots a budget by at most those requests."""
+    record = json.dumps(counters)
+    key = _key(destination)
+    spool.journal.submit(
+        lambda conn: conn.execute(
+            "INSERT INTO journal_meta(key, value) VALUES (?, ?)"
+            " ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            (key, record),
         )
-        if row is None:
-            return BudgetCounters()
-        try:
-            return BudgetCounters.from_dict(json.loads(row[0]))
-        except (ValueError, TypeError, KeyError):
-            return BudgetCounters()
+    )
+
+
+def _key(destination: str) -> str:
+    return f"rate-counters:{destination}"
 
 
 def _now() -> dt.datetime:
