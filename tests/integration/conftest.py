@@ -1,4 +1,5 @@
-"""Fixtures: a real router subprocess on loopback with a temporary spool."""
+"""Fixtures: a real router subprocess on loopback with a temporary spool; a hub and a unit's
+spool for the hub tests."""
 
 from __future__ import annotations
 
@@ -7,6 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from router.hub.service import Hub
+from router.spool.spool import Spool
+from tests.support.hub import hub_config, start_hub, unit_spool
 from tests.support.router_proc import RouterProcess, free_port, write_config
 
 
@@ -24,3 +28,19 @@ def router_port(proc: RouterProcess) -> int:
         if line.startswith("listen"):
             return int(line.split(":")[-1].strip('" '))
     raise AssertionError("no listen line")
+
+
+@pytest.fixture
+def hub(tmp_path: Path) -> Iterator[Hub]:
+    """A running hub on loopback (plain HTTP, its spool under tmp_path)."""
+    running = start_hub(hub_config(tmp_path))
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def unit(tmp_path: Path) -> Iterator[Spool]:
+    """A clinic unit's spool, for driving the hub sender directly."""
+    spool = unit_spool(tmp_path)
+    yield spool
+    spool.close()

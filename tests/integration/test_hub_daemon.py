@@ -9,10 +9,8 @@ import io
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from pydicom import dcmread
 
 from router.config.load import load_config
@@ -41,13 +39,6 @@ from tests.support.router_proc import (
 )
 
 MAX_CHUNK = 64 * 1024
-
-
-@pytest.fixture
-def hub(tmp_path: Path) -> Iterator[Hub]:
-    running = start_hub(hub_config(tmp_path))
-    yield running
-    running.stop()
 
 
 def _unit(

@@ -8,10 +8,7 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from router.delivery.hub_sender import HubSender, hub_link
 from router.hub.service import Hub
@@ -19,16 +16,13 @@ from router.spool.spool import Spool
 from tests.support.faultproxy import FaultProxy
 from tests.support.hub import (
     hold,
-    hub_config,
     hub_destination,
     hub_destination_toml,
     hub_objects,
     make_objects,
     plaintext,
     request,
-    start_hub,
     unit_journal_rows,
-    unit_spool,
 )
 from tests.support.router_proc import (
     RouterProcess,
@@ -42,20 +36,6 @@ from tests.support.router_proc import (
 
 CHUNK = 32 * 1024
 STREAMS = 3
-
-
-@pytest.fixture
-def hub(tmp_path: Path) -> Iterator[Hub]:
-    running = start_hub(hub_config(tmp_path))
-    yield running
-    running.stop()
-
-
-@pytest.fixture
-def unit(tmp_path: Path) -> Iterator[Spool]:
-    spool = unit_spool(tmp_path)
-    yield spool
-    spool.close()
 
 
 def _token(hub: Hub, tmp_path: Path) -> Path:

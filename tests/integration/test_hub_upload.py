@@ -10,7 +10,6 @@ import socket
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -31,26 +30,11 @@ from tests.support.hub import (
     request,
     self_signed,
     start_hub,
-    unit_spool,
 )
 
 CT = Path(str(get_testdata_file("CT_small.dcm")))
 MR = Path(str(get_testdata_file("MR_small.dcm")))
 CHUNK = 16 * 1024
-
-
-@pytest.fixture
-def hub(tmp_path: Path) -> Iterator[Hub]:
-    running = start_hub(hub_config(tmp_path))
-    yield running
-    running.stop()
-
-
-@pytest.fixture
-def unit(tmp_path: Path) -> Iterator[Spool]:
-    spool = unit_spool(tmp_path)
-    yield spool
-    spool.close()
 
 
 def _token(hub: Hub, tmp_path: Path, unit: str = "CLINIC1") -> Path:
