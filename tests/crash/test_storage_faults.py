@@ -66,6 +66,6 @@ def test_full_disk_refuses_and_resumes_when_space_returns(crashfs: CrashFS, tmp_
         assert set(send(files[10:15], port).statuses.values()) == {0xA700}
         crashfs.set_capacity(64 * 1024**3)
         assert send(files[15:], port).acknowledged == files[15:]
-    assert "ALARM spool-full" in router.read_log()
+    assert router.log_shows("ALARM spool-full")
     lost, _ = check_held(config, uids(files[:10] + files[15:]), set())
     assert lost == []

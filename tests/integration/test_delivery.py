@@ -109,10 +109,10 @@ def test_dead_destination_never_delays_the_live_one_and_outage_ends_in_delivery(
             # Outcomes are journaled just after the destination answers.
             assert wait_for(lambda: delivery_states(config).get("delivered", 0) == len(files), 10)
             # The dead one holds its objects, safe, waiting; nothing failed permanently.
-            assert wait_for(lambda: "not accepting connections" in proc.read_log(), 30)
+            assert proc.log_shows("not accepting connections", 30)
             assert "failed" not in delivery_states(config)
             with Storescp(tmp_path / "back", port=dead_port) as back:
                 assert wait_for(lambda: len(back.files()) == len(files), timeout=60)
             assert delivery_states(config) == {"delivered": 2 * len(files)}
-            assert "down accepts connections again: delivering" in proc.read_log()
+            assert proc.log_shows("down accepts connections again: delivering")
     print(f"live destination had everything {live_seconds:.1f} s after the first send")

@@ -122,7 +122,7 @@ def test_a_permanent_failure_waits_for_an_operator_and_blocks_nothing(tmp_path: 
         total = len(r.files)
         assert wait_for(lambda: r.states("pacs") == {"delivered": total - 1, "failed": 1})
         assert any("could not understand" in e for e in r.errors("pacs"))
-        assert wait_for(lambda: "NOT delivered to pacs" in r.router.read_log(), 10)
+        assert r.router.log_shows("NOT delivered to pacs", 10)
         assert wait_for(lambda: r.states("archive") == {"delivered": total})
 
 

@@ -126,7 +126,7 @@ def test_spool_below_min_free_refuses_with_a700_and_alarm(tmp_path: Path) -> Non
         files = dicomgen.pydicom_test_files()[:2]
         result = send(files, router_port(proc))
         assert set(result.statuses.values()) == {0xA700}
-    assert "ALARM spool-full" in proc.read_log()
+    assert proc.log_shows("ALARM spool-full")
     assert not list((tmp_path / "spool" / "blobs").rglob("*.*"))
 
 

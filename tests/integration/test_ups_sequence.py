@@ -75,7 +75,7 @@ health_interval = "0.3 s"
         assert progress.wait(30)
         write_state(ups, mains=False, charge=15)
         assert router.proc is not None
-        assert wait_for(lambda: "UPS battery low" in router.read_log(), timeout=30)
+        assert router.log_shows("UPS battery low", 30)
         # While the association in flight finishes, a new one is refused.
         assert sender.is_alive(), "the sender finished too early to show the refusal"
         with socket.socket() as probe:

@@ -120,7 +120,7 @@ def test_tls_11_downgrade_is_refused(tls_router: RouterProcess, pki: Pki, tmp_pa
     with pytest.raises((ssl.SSLError, ConnectionError)):
         context.wrap_socket(raw)
     raw.close()
-    assert "TLS handshake with 127.0.0.1 refused" in tls_router.read_log()
+    assert tls_router.log_shows("TLS handshake with 127.0.0.1 refused")
     files = _files(tmp_path, "after")
     assert send(files, router_port(tls_router), calling_ae="CT1", tls=pki.client(pki.ct1))
     assert (
@@ -175,7 +175,7 @@ def test_ae_title_is_bound_to_its_certificate(tls_router: RouterProcess, pki: Pk
         answer = sock.recv(64)
     assert answer[0] == 0x03, "expected A-ASSOCIATE-RJ"
     assert tuple(answer[7:10]) == (1, 1, 3)  # permanent, service user, calling AE not recognised
-    assert "its certificate is not one bound to that AE title" in tls_router.read_log()
+    assert tls_router.log_shows("its certificate is not one bound to that AE title")
 
 
 def test_dcmtk_storescu_over_mutual_tls(

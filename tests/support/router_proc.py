@@ -139,6 +139,14 @@ class RouterProcess:
         """The router's stderr so far."""
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
+    def log_shows(self, text: str, timeout: float = 15.0) -> bool:
+        """Whether `text` appears in the router's log within `timeout` seconds.
+
+        The router logs an event on its own thread, often just after the peer
+        has already seen the outcome, so a test polls instead of reading once.
+        """
+        return wait_for(lambda: text in self.read_log(), timeout)
+
     def kill9(self) -> None:
         """SIGKILL: no cleanup of any kind."""
         if self.proc is not None and self.proc.poll() is None:
