@@ -59,15 +59,17 @@ unit: $(STAMP)
 
 ## Long soaks: 1000 power cuts and 200 kill -9s of ingest and delivery, then the whole-pipeline
 ## soak (router and hub, both PACS, a flapping link): SOAK_CUTS cuts, or fewer if SOAK_MINUTES
-## (0: no limit) runs out first; its figures go to var/soak-report.txt.
+## (0: no limit) runs out first, with up to SOAK_TRAFFIC seconds of modality traffic before each
+## cut; its figures go to var/soak-report.txt.
 SOAK_CUTS ?= 1000
 SOAK_MINUTES ?= 0
+SOAK_TRAFFIC ?= 1.0
 soak: deps $(STAMP)
 	WAYSTATION_SOAK=1 $(PY) -m pytest -q -s --timeout=0 tests/crash/test_powerloss.py tests/crash/test_kill9.py \
 	  tests/crash/test_delivery_crash.py
 	@mkdir -p var
 	WAYSTATION_SOAK=1 WAYSTATION_SOAK_CUTS=$(SOAK_CUTS) WAYSTATION_SOAK_MINUTES=$(SOAK_MINUTES) \
-	  WAYSTATION_SOAK_REPORT=var/soak-report.txt $(PY) -m pytest -q -s --timeout=0 tests/crash/test_pipeline_soak.py
+	  WAYSTATION_SOAK_TRAFFIC=$(SOAK_TRAFFIC) WAYSTATION_SOAK_REPORT=var/soak-report.txt $(PY) -m pytest -q -s --timeout=0 tests/crash/test_pipeline_soak.py
 
 ## Long property-based fuzzing of every parser of untrusted input (CI runs a short profile).
 fuzz: deps $(STAMP)

@@ -4,7 +4,9 @@ the router and the hub, and a full disk and an fsync EIO on the router's file sy
 
 CI runs a short soak inside `make test`; `make soak` runs 1000 cuts. Parameters (environment):
 WAYSTATION_SOAK_CUTS (cuts), WAYSTATION_SOAK_MINUTES (stop cutting after this long; 0: never),
-WAYSTATION_SOAK_REPORT (also write the figures to this file).
+WAYSTATION_SOAK_TRAFFIC (at most this many seconds of modality traffic before each cut; fewer
+objects per cut make a shorter drain at the end), WAYSTATION_SOAK_REPORT (also write the figures
+to this file).
 """
 
 from __future__ import annotations
@@ -32,10 +34,9 @@ def test_whole_pipeline_keeps_every_promise_across_cuts(
         pytest.skip(reason)
     cuts = int(os.environ.get("WAYSTATION_SOAK_CUTS", "1000" if soak() else "16"))
     minutes = float(os.environ.get("WAYSTATION_SOAK_MINUTES", "0"))
+    traffic = float(os.environ.get("WAYSTATION_SOAK_TRAFFIC", "1.0" if soak() else "0.6"))
     with pipeline(tmp_path) as rig:
-        figures = run_soak(
-            rig, mixed_templates, cuts=cuts, minutes=minutes, max_traffic=1.0 if soak() else 0.6
-        )
+        figures = run_soak(rig, mixed_templates, cuts=cuts, minutes=minutes, max_traffic=traffic)
     report = figures.report()
     print(report)
     if os.environ.get("WAYSTATION_SOAK_REPORT"):
