@@ -246,11 +246,24 @@ class DimseDestination(_Strict):
 Seconds = Annotated[float, BeforeValidator(parse_duration)]
 
 
+def _https_unless_insecure(url: str, info: ValidationInfo, what: str) -> str:
+    """Refuse a plain http:// URL unless the destination says ``insecure_plain_http = true``:
+    over http:// its credentials and the images would cross the network in clear."""
+    if url.startswith("http://") and not info.data.get("insecure_plain_http"):
+        raise ValueError(
+            f"{what} is reached over https:// (an http:// URL needs "
+            "insecure_plain_http = true, for tests only)"
+        )
+    return url
+
+
 class HubDestination(_Strict):
     """A Waystation hub over HTTPS: resumable chunked uploads (docs/hub-protocol.md)."""
 
     name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")
     type: Literal["hub"]
+    # Tests only: allow an http:// URL (the token and images would travel in clear).
+    insecure_plain_http: bool = Field(default=False, strict=True)
     url: str = Field(pattern=r"^https?://[^/\s]+/?$")
     # The unit's bearer token, as printed by `waystation hub enroll` (one line).
     token_file: Path
@@ -267,6 +280,11 @@ class HubDestination(_Strict):
     # Parallel upload streams (connections), each one object at a time: they overlap each
     # other's round trips and loss recovery on long, lossy links (docs/wan.md).
     streams: int = Field(default=8, ge=1, le=16)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str, info: ValidationInfo) -> str:
+        return _https_unless_insecure(value, info, "a hub")
 
     @property
     def associations(self) -> int:
@@ -335,12 +353,7 @@ class StowDestination(_Strict):
                 '"https://pacs.example.org/dicom-web" (no credentials, query or fragment: '
                 "credentials go in password_file or token_file)"
             )
-        if value.startswith("http://") and not info.data.get("insecure_plain_http"):
-            raise ValueError(
-                "a STOW-RS destination is reached over https:// (an http:// URL needs "
-                "insecure_plain_http = true, for tests only)"
-            )
-        return value
+        return _https_unless_insecure(value, info, "a STOW-RS destination")
 
     @field_validator("auth")
     @classmethod
