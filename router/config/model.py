@@ -71,12 +71,15 @@ class IngestTlsConfig(_Strict):
     ae_certificates: dict[str, list[str]] = Field(default_factory=dict)
     # The health item warns this many days before the unit's certificate expires.
     expiry_warning_days: int = Field(default=30, ge=1, le=3650)
+    # The CA's certificate revocation list (PEM): revoked callers are refused. Replacing the
+    # file takes effect without a restart; an out-of-date list refuses every certificate.
+    crl: Path | None = None
 
     @model_validator(mode="after")
     def _client_verification_needs_ca(self) -> IngestTlsConfig:
-        if (self.require_client_cert or self.ae_certificates) and self.ca is None:
+        if (self.require_client_cert or self.ae_certificates or self.crl) and self.ca is None:
             raise ValueError(
-                "require_client_cert and ae_certificates need ca (the CA file that signs "
+                "require_client_cert, ae_certificates and crl need ca (the CA file that signs "
                 "callers' certificates)"
             )
         for ae, identities in self.ae_certificates.items():
@@ -681,7 +684,7 @@ class Config(_Strict):
         ingest = self.ingest
         if ingest.tls is not None:
             ingest = ingest.model_copy(
-                update={"tls": _resolve_files(ingest.tls, base, ("cert", "key", "ca"))}
+                update={"tls": _resolve_files(ingest.tls, base, ("cert", "key", "ca", "crl"))}
             )
         return self.model_copy(
             update={
