@@ -13,10 +13,13 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
 from pydicom.uid import DeflatedExplicitVRLittleEndian
 
+from router.config.model import SpoolConfig
+from router.core.objects import ObjectAttributes, PlannedDelivery, Source
 from router.dicom.part10 import part10_header
 from router.ingest.attributes import UnreadableObject, read_attributes, read_attributes_early
 from router.ingest.store import ObjectStore
 from router.spool.incoming import IncomingObject
+from router.spool.spool import Spool
 from tests.support import dicomgen
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
@@ -112,18 +115,44 @@ def test_a_deflated_header_is_read_from_the_whole_object(ct_slice: bytes) -> Non
 
 
 def test_the_store_reads_the_bytes_received_so_far(tmp_path: Path, ct_slice: bytes) -> None:
-    """ObjectStore.read_early over a sink mid-object: the plaintext it has encrypted so far."""
+    """ObjectStore over a real spool: read_early sees the plaintext received so far (the
+    first chunk once later ones are sealed), and the object stored with the early answer
+    is routed and recorded as the full read would have it."""
+    spool = Spool(SpoolConfig(path=tmp_path / "spool", min_free=0))
+    planned: list[ObjectAttributes] = []
+
+    def planner(attributes: ObjectAttributes, source: Source) -> list[PlannedDelivery]:
+        planned.append(attributes)
+        return []
+
+    store = ObjectStore(
+        spool, planner=planner, alarm=lambda code, text: None, wanted_keywords=KEYWORDS
+    )
+    try:
+        incoming = store.begin()
+        header_end = _pixel_data_at(ct_slice) + 12
+        incoming.write(ct_slice[: header_end - 1])
+        assert store.read_early(incoming, sop_class=CT, sop_instance=INSTANCE) is None
+        incoming.write(ct_slice[header_end - 1 :])
+        early = store.read_early(incoming, sop_class=CT, sop_instance=INSTANCE)
+        assert early is not None and early == _full(ct_slice)
+        source = Source(calling_ae="MODALITY", called_ae="WAYSTATION", peer="127.0.0.1")
+        status = store.complete(
+            incoming, sop_class=CT, sop_instance=INSTANCE, source=source, early=early
+        )
+        assert status == 0x0000
+        assert planned == [early]
+        (held,) = spool.held_objects()
+        assert spool.metadata(held)["sop_instance_uid"] == early.sop_instance_uid
+        with spool.open_object(held) as reader:
+            assert reader.read() == ct_slice  # what was stored is every byte received
+    finally:
+        spool.close()
+
+
+def test_a_prefix_past_the_first_chunk_is_that_chunk(tmp_path: Path, ct_slice: bytes) -> None:
     incoming = IncomingObject(tmp_path, data_key=bytes(32), cipher="aes-256-gcm", chunk_size=4096)
-    store = ObjectStore.__new__(ObjectStore)  # only read_early's settings are needed
-    store._wanted_keywords = KEYWORDS
-    store._max_sequence_depth = 64
-    header_end = _pixel_data_at(ct_slice) + 12
-    incoming.write(ct_slice[: header_end - 1])
-    assert store.read_early(incoming, sop_class=CT, sop_instance=INSTANCE) is None
-    incoming.write(ct_slice[header_end - 1 :])  # several chunks sealed: the first one is kept
-    assert header_end <= 4096  # the header is inside the first chunk, sealed by now
-    assert store.read_early(incoming, sop_class=CT, sop_instance=INSTANCE) == _full(ct_slice)
+    incoming.write(ct_slice)  # several chunks sealed by now
+    assert incoming.received_prefix() == ct_slice[:4096]
     incoming.finish()
-    with incoming.header_reader() as reader:
-        assert _full(reader.read()) == _full(ct_slice)
     incoming.discard()
