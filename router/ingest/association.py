@@ -20,7 +20,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import UID
 from pynetdicom.dsutils import decode
 
-from router.core.objects import Source
+from router.core.objects import ObjectAttributes, Source
 from router.dicom import commands, tls
 from router.dicom.commands import Command
 from router.dicom.errors import ProtocolError
@@ -47,6 +47,7 @@ from router.ingest.store import (
     ObjectStore,
 )
 from router.ingest.wire import PeerClosed, PeerTimeout, Wire
+from router.spool.crypto import DEFAULT_CHUNK_SIZE
 from router.spool.incoming import IncomingObject
 
 log = logging.getLogger("waystation.ingest")
@@ -58,6 +59,8 @@ _STATUS_NO_SUCH_SOP_CLASS = 0x0118
 _STATUS_PROCESSING_FAILURE = 0x0110
 STATUS_NOT_AUTHORISED = 0x0124
 _MAX_REPORT = 16 * 1024 * 1024
+# Early header reads stop once this much has arrived (the prefix they see is one chunk).
+_EARLY_READ_LIMIT = DEFAULT_CHUNK_SIZE
 # A-ABORT reasons (source 2, service provider): PS3.8 table 9-26.
 _UNEXPECTED_PDU = 2
 _UNRECOGNISED_PDU = 1
@@ -105,6 +108,9 @@ class _Receiving:
     report: bytearray | None = None
     refused: int | None = None
     received: int = 0
+    # The header read from the first fragments (see _read_early), and when to try next.
+    early: ObjectAttributes | None = None
+    next_early_try: int = 0
 
 
 class Slots:
@@ -380,6 +386,8 @@ class IncomingAssociation:
             receiving.refused = STATUS_OUT_OF_RESOURCES
         if receiving.sink is not None:
             self.wire.stream(size, deadline, receiving.sink.write)
+            if not last:
+                self._read_early(receiving)
         elif receiving.report is not None:
             if len(receiving.report) + size > _MAX_REPORT:
                 raise ProtocolViolation("a Storage Commitment report larger than 16 MiB")
@@ -400,6 +408,7 @@ class IncomingAssociation:
                 sop_class=command.affected_sop_class or "",
                 sop_instance=command.affected_sop_instance or "",
                 source=Source(calling_ae=self.calling_ae, called_ae=self.called_ae, peer=self.peer),
+                early=receiving.early,
             )
         self._respond(
             context_id,
@@ -409,6 +418,24 @@ class IncomingAssociation:
                 command.affected_sop_instance or "",
                 STATUS_UNEXPECTED if status is None else status,
             ),
+        )
+
+    def _read_early(self, receiving: _Receiving) -> None:
+        """Read the header from the fragments received so far, while the sender streams the
+        rest (it has not finished, so it is not waiting for us yet): after the last fragment
+        only encryption and the durable commit stand between it and its answer. Tried after
+        the first fragment and again each time four times as much has arrived, up to one
+        chunk (the plaintext prefix kept in memory), so a long header costs a few tries."""
+        if receiving.early is not None or receiving.received < receiving.next_early_try:
+            return
+        if receiving.next_early_try > _EARLY_READ_LIMIT or receiving.sink is None:
+            return
+        receiving.next_early_try = receiving.received * 4
+        command = receiving.command
+        receiving.early = self.store.read_early(
+            receiving.sink,
+            sop_class=command.affected_sop_class or "",
+            sop_instance=command.affected_sop_instance or "",
         )
 
     def _report(self, receiving: _Receiving, context_id: int) -> None:

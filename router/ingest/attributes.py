@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 import zlib
-from typing import BinaryIO
+from typing import BinaryIO, overload
 
 from pydicom.dataset import Dataset
 from pydicom.filereader import _read_file_meta_info, read_dataset, read_preamble
@@ -72,6 +72,35 @@ def read_attributes(
         raise UnreadableObject(f"{type(exc).__name__}: {exc}", type(exc).__name__) from None
 
 
+def read_attributes_early(
+    prefix: bytes,
+    *,
+    command_sop_class: str,
+    command_sop_instance: str,
+    wanted_keywords: frozenset[str] = frozenset(),
+    max_sequence_depth: int = DEFAULT_MAX_SEQUENCE_DEPTH,
+) -> ObjectAttributes | None:
+    """What :func:`read_attributes` returns for the whole stream, read from its first bytes
+    only - or None when those bytes cannot tell.
+
+    Why this is the same answer: the header ends where Pixel Data (or any group from 7FE0
+    on) starts, and nothing after that is read. So when the parser reached that element
+    inside ``prefix``, every element before it lay inside ``prefix`` too, and parsing the
+    complete stream reads exactly the same bytes and stops at the same place. When it did
+    not (the header is longer than ``prefix``, there is no pixel data, the syntax is
+    deflated) or anything at all went wrong, this returns None and the complete object is
+    parsed as before - so errors are always decided, and reported, on the whole object.
+    """
+    try:
+        buffered = io.BufferedReader(io.BytesIO(prefix), 64 * 1024)
+        dataset = _read_header(buffered, max_sequence_depth, prefix_only=True)
+        if dataset is None:
+            return None
+        return _attributes(dataset, command_sop_class, command_sop_instance, wanted_keywords)
+    except Exception:  # decided on the complete object, by read_attributes
+        return None
+
+
 def _attributes(
     dataset: Dataset,
     command_sop_class: str,
@@ -105,7 +134,17 @@ def _attributes(
     )
 
 
-def _read_header(stream: BinaryIO, max_depth: int) -> Dataset:
+@overload
+def _read_header(stream: BinaryIO, max_depth: int) -> Dataset: ...
+
+
+@overload
+def _read_header(stream: BinaryIO, max_depth: int, *, prefix_only: bool) -> Dataset | None: ...
+
+
+def _read_header(stream: BinaryIO, max_depth: int, *, prefix_only: bool = False) -> Dataset | None:
+    """The header's data set. ``prefix_only``: ``stream`` holds only the first bytes of the
+    object; None unless the header ended inside them (see read_attributes_early)."""
     end = stream.seek(0, io.SEEK_END)
     stream.seek(0)
     read_preamble(stream, force=False)
@@ -117,17 +156,22 @@ def _read_header(stream: BinaryIO, max_depth: int) -> Dataset:
         raise UnreadableObject("unknown transfer syntax", "unknown transfer syntax")
     if syntax != DeflatedExplicitVRLittleEndian:
         _check_depth(stream, syntax, end, max_depth)
+        header_end = _HeaderEnd()
         parsed = read_dataset(
             stream,
             is_implicit_VR=syntax.is_implicit_VR,
             is_little_endian=syntax.is_little_endian,
-            stop_when=_HeaderEnd(),
+            stop_when=header_end,
             defer_size=_DEFER,
         )
+        if prefix_only and not header_end.reached:
+            return None  # the header may go on past the prefix
         _check_encoding(parsed, syntax)
         _check_lengths(parsed, end)
         parsed.file_meta = meta
         return parsed
+    if prefix_only:
+        return None  # a deflated header is read from the complete object only
     # pydicom would inflate the whole remainder in memory: inflate a bounded prefix instead.
     inflater = zlib.decompressobj(-zlib.MAX_WBITS)
     inflated = bytearray()
@@ -174,12 +218,14 @@ class _HeaderEnd:
 
     def __init__(self) -> None:
         self.count = 0
+        self.reached = False  # stopped at the header's end (not at the end of the bytes)
 
     def __call__(self, tag: BaseTag, vr: str | None, length: int) -> bool:
         self.count += 1
         if tag.group == 0x0000 or self.count > _MAX_ELEMENTS:
             raise UnreadableObject("not a data set header", "junk instead of a header")
-        return bool(tag.group >= 0x7FE0)
+        self.reached = bool(tag.group >= 0x7FE0)
+        return self.reached
 
 
 def _check_encoding(dataset: Dataset, syntax: UID) -> None:

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from router.core.objects import ObjectAttributes, PlannedDelivery, Source
 from router.dicom.depth import DEFAULT_MAX_SEQUENCE_DEPTH
 from router.errors import StorageFault, StorageFull
-from router.ingest.attributes import UnreadableObject, read_attributes
+from router.ingest.attributes import UnreadableObject, read_attributes, read_attributes_early
 from router.spool.incoming import IncomingObject
 from router.spool.spool import Spool
 
@@ -68,13 +68,44 @@ class ObjectStore:
                 refused=StorageFault(f"cannot start receiving: {exc}"),
             )
 
+    def read_early(
+        self, incoming: IncomingObject, *, sop_class: str, sop_instance: str
+    ) -> ObjectAttributes | None:
+        """The object's attributes read from the part received so far, or None when that
+        part cannot tell (see read_attributes_early). Why: the header is read while the
+        sender still streams the pixel data into the socket, instead of after the last
+        byte, when the sender waits for the answer. Never raises."""
+        try:
+            prefix = incoming.received_prefix()
+            if prefix is None:
+                return None
+            return read_attributes_early(
+                prefix,
+                command_sop_class=sop_class,
+                command_sop_instance=sop_instance,
+                wanted_keywords=self._wanted_keywords,
+                max_sequence_depth=self._max_sequence_depth,
+            )
+        except Exception:  # the complete object is read as usual
+            return None
+
     def complete(
-        self, incoming: IncomingObject, *, sop_class: str, sop_instance: str, source: Source
+        self,
+        incoming: IncomingObject,
+        *,
+        sop_class: str,
+        sop_instance: str,
+        source: Source,
+        early: ObjectAttributes | None = None,
     ) -> int:
         """Store a fully received object; returns the C-STORE status. Every exception is
-        contained: the answer is a status, and the service goes on."""
+        contained: the answer is a status, and the service goes on.
+
+        ``early``: the attributes :meth:`read_early` read from this object's first bytes
+        (the same as reading them from the whole object), so its header is not read again.
+        """
         try:
-            return self._store(incoming, sop_class, sop_instance, source)
+            return self._store(incoming, sop_class, sop_instance, source, early)
         except Exception as exc:
             # Exception text can quote patient data; log the kind and where it happened.
             frame = traceback.extract_tb(exc.__traceback__)[-1]
@@ -89,21 +120,21 @@ class ObjectStore:
             return STATUS_UNEXPECTED
 
     def _store(
-        self, incoming: IncomingObject, sop_class: str, sop_instance: str, source: Source
+        self,
+        incoming: IncomingObject,
+        sop_class: str,
+        sop_instance: str,
+        source: Source,
+        early: ObjectAttributes | None,
     ) -> int:
         try:
             incoming.finish()
         except (StorageFull, StorageFault) as exc:
             return self._refuse(incoming, exc)
         try:
-            with incoming.header_reader() as reader:
-                attributes = read_attributes(
-                    reader,
-                    command_sop_class=sop_class,
-                    command_sop_instance=sop_instance,
-                    wanted_keywords=self._wanted_keywords,
-                    max_sequence_depth=self._max_sequence_depth,
-                )
+            attributes = (
+                early if early is not None else self._read(incoming, sop_class, sop_instance)
+            )
         except UnreadableObject as exc:
             # The parser's message can quote values from the object: log only its kind.
             log.warning(
@@ -132,6 +163,18 @@ class ObjectStore:
             result.deliveries,
         )
         return STATUS_SUCCESS
+
+    def _read(
+        self, incoming: IncomingObject, sop_class: str, sop_instance: str
+    ) -> ObjectAttributes:
+        with incoming.header_reader() as reader:
+            return read_attributes(
+                reader,
+                command_sop_class=sop_class,
+                command_sop_instance=sop_instance,
+                wanted_keywords=self._wanted_keywords,
+                max_sequence_depth=self._max_sequence_depth,
+            )
 
     def _refuse(self, incoming: IncomingObject, exc: Exception) -> int:
         # A blob already renamed into place stays for recovery: a commit that reported

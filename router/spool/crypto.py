@@ -147,6 +147,11 @@ class BlobWriter:
             del self._buffer[: self._chunk_size]
         return len(view)
 
+    def plaintext_prefix(self) -> bytes:
+        """The first plaintext bytes written so far: all of them while the first chunk is
+        still open, else the first chunk (a copy; the writer's buffer keeps changing)."""
+        return self.head if self.head is not None else bytes(self._buffer)
+
     def finish(self) -> tuple[int, bytes]:
         """Seal the final chunk; returns (plaintext size, SHA-256 of the plaintext)."""
         if not self._finished:

@@ -108,6 +108,13 @@ class IncomingObject:
                 self._fail(exc)
         return len(data)
 
+    def received_prefix(self) -> bytes | None:
+        """The first plaintext bytes received so far (at most one chunk), for reading the
+        header while the rest still arrives; None after an error. Never stored."""
+        if self._writer is None or self.error is not None:
+            return None
+        return self._writer.plaintext_prefix()
+
     def finish(self) -> None:
         """Seal the last chunk. Raises the captured error, if any."""
         if self.error is None and self._writer is not None:
