@@ -291,6 +291,8 @@ class HubSender:
             self._save(held.id, url, size, size, "committed")
             log.info("object %s: the hub already holds it", held.id)
             return None
+        if response.status == 410:  # a whole object sent with its create was not right
+            self._start_over(held.id, response)
         if response.status != 201:
             raise _Stop(_failure(response))
         location = response.header("Location") or ""
