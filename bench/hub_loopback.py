@@ -2,10 +2,13 @@
 
 No link emulator: this measures the CPU the hub path spends per object, which bounds how
 fast it can fill a WAN link (docs/benchmarks.md, "WAN"). The router queues the workload
-while the hub is down; the clock starts when the hub listens and stops when storescp behind
-the hub holds every object (checked byte for byte). CPU is each process's user + system time
-over that window, from /proc. With ``--py-spy DIR`` both processes are sampled by py-spy
-(which must be on PATH; it is not a project dependency) into collapsed-stack files.
+while the hub is down; the clock starts when the hub listens and stops twice: when the
+router has recorded the hub's commit of every object ("committed"), and when storescp behind
+the hub holds every object, checked byte for byte ("arrived"). CPU is each process's user +
+system time (from /proc) up to "committed", and the hub's up to "arrived" too. With
+``--py-spy DIR`` both processes are sampled by py-spy (in the venv or on PATH; it is not a
+project dependency) into collapsed-stack files, which ``python -m bench.pyspy_top FILE``
+summarizes.
 
     python -m bench.hub_loopback --kind ct --count 60
     python -m bench.hub_loopback --kind tiny --count 600 --py-spy var/prof
