@@ -1,9 +1,12 @@
 """A small object to a hub in one request (create + whole body + commit), over loopback: no
 segment at the hub, wrong bytes sent again with a verified envelope, and the sender's token
-read again when the file changes."""
+read again when the file changes; answers on a kept connection without a delayed-ACK stall."""
 
 from __future__ import annotations
 
+import http.client
+import statistics
+import time
 from pathlib import Path
 
 import pytest
@@ -88,3 +91,21 @@ def test_the_sender_reads_a_replaced_token_file(hub: Hub, unit: Spool, tmp_path:
     token.write_text(good)
     assert sender.send(held, 2).kind == "status"
     assert len(hub_objects(hub)) == 2
+
+
+def test_answers_on_a_kept_connection_do_not_wait_for_a_delayed_ack(
+    hub: Hub, tmp_path: Path
+) -> None:
+    # An answer is written as headers, then body: with Nagle's algorithm on the hub's side
+    # the body would wait for the unit's delayed ACK of the headers (>= 40 ms on Linux).
+    token = _token(hub, tmp_path).read_text().strip()
+    conn = http.client.HTTPConnection("127.0.0.1", hub.port, timeout=10)
+    times = []
+    for _ in range(30):
+        started = time.monotonic()
+        conn.request("GET", "/v1/whoami", headers={"Authorization": f"Bearer {token}"})
+        answer = conn.getresponse()
+        assert answer.status == 200 and b"CLINIC1" in answer.read()
+        times.append(time.monotonic() - started)
+    conn.close()
+    assert statistics.median(times) < 0.02, sorted(times)
