@@ -154,6 +154,7 @@ retry_max = "1 s"
 name = "hub"
 type = "hub"
 url = "http://{self.link.b_addr}:{HUB_PORT}"
+insecure_plain_http = true
 token_file = "{token}"
 streams = {self.streams}
 

@@ -71,12 +71,15 @@ class IngestTlsConfig(_Strict):
     ae_certificates: dict[str, list[str]] = Field(default_factory=dict)
     # The health item warns this many days before the unit's certificate expires.
     expiry_warning_days: int = Field(default=30, ge=1, le=3650)
+    # The CA's certificate revocation list (PEM): revoked callers are refused. Replacing the
+    # file takes effect without a restart; an out-of-date list refuses every certificate.
+    crl: Path | None = None
 
     @model_validator(mode="after")
     def _client_verification_needs_ca(self) -> IngestTlsConfig:
-        if (self.require_client_cert or self.ae_certificates) and self.ca is None:
+        if (self.require_client_cert or self.ae_certificates or self.crl) and self.ca is None:
             raise ValueError(
-                "require_client_cert and ae_certificates need ca (the CA file that signs "
+                "require_client_cert, ae_certificates and crl need ca (the CA file that signs "
                 "callers' certificates)"
             )
         for ae, identities in self.ae_certificates.items():
@@ -246,11 +249,24 @@ class DimseDestination(_Strict):
 Seconds = Annotated[float, BeforeValidator(parse_duration)]
 
 
+def _https_unless_insecure(url: str, info: ValidationInfo, what: str) -> str:
+    """Refuse a plain http:// URL unless the destination says ``insecure_plain_http = true``:
+    over http:// its credentials and the images would cross the network in clear."""
+    if url.startswith("http://") and not info.data.get("insecure_plain_http"):
+        raise ValueError(
+            f"{what} is reached over https:// (an http:// URL needs "
+            "insecure_plain_http = true, for tests only)"
+        )
+    return url
+
+
 class HubDestination(_Strict):
     """A Waystation hub over HTTPS: resumable chunked uploads (docs/hub-protocol.md)."""
 
     name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")
     type: Literal["hub"]
+    # Tests only: allow an http:// URL (the token and images would travel in clear).
+    insecure_plain_http: bool = Field(default=False, strict=True)
     url: str = Field(pattern=r"^https?://[^/\s]+/?$")
     # The unit's bearer token, as printed by `waystation hub enroll` (one line).
     token_file: Path
@@ -267,6 +283,11 @@ class HubDestination(_Strict):
     # Parallel upload streams (connections), each one object at a time: they overlap each
     # other's round trips and loss recovery on long, lossy links (docs/wan.md).
     streams: int = Field(default=8, ge=1, le=16)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str, info: ValidationInfo) -> str:
+        return _https_unless_insecure(value, info, "a hub")
 
     @property
     def associations(self) -> int:
@@ -335,12 +356,7 @@ class StowDestination(_Strict):
                 '"https://pacs.example.org/dicom-web" (no credentials, query or fragment: '
                 "credentials go in password_file or token_file)"
             )
-        if value.startswith("http://") and not info.data.get("insecure_plain_http"):
-            raise ValueError(
-                "a STOW-RS destination is reached over https:// (an http:// URL needs "
-                "insecure_plain_http = true, for tests only)"
-            )
-        return value
+        return _https_unless_insecure(value, info, "a STOW-RS destination")
 
     @field_validator("auth")
     @classmethod
@@ -668,7 +684,7 @@ class Config(_Strict):
         ingest = self.ingest
         if ingest.tls is not None:
             ingest = ingest.model_copy(
-                update={"tls": _resolve_files(ingest.tls, base, ("cert", "key", "ca"))}
+                update={"tls": _resolve_files(ingest.tls, base, ("cert", "key", "ca", "crl"))}
             )
         return self.model_copy(
             update={

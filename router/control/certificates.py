@@ -2,7 +2,9 @@
 
 A certificate that expires stops DICOM TLS outright (callers refuse it, or the destination
 refuses the unit), so the console shows it weeks before: ``warn`` within
-``ingest.tls.expiry_warning_days`` (default 30), ``fault`` once expired or unreadable.
+``ingest.tls.expiry_warning_days`` (default 30), ``fault`` once expired or unreadable. The
+same goes for the callers' certificate revocation list (``ingest.tls.crl``): once out of date
+it refuses every TLS caller, so it is warned a day before it falls due.
 """
 
 from __future__ import annotations
@@ -33,7 +35,36 @@ def certificate_health(config: Config, now: datetime.datetime | None = None) -> 
         client_cert = getattr(destination, "client_cert", None)  # STOW-RS destinations
         if client_cert is not None:
             certificates.append((f"tls certificate ({destination.name})", client_cert))
-    return [_item(name, path, warning_days, now) for name, path in certificates]
+    items = [_item(name, path, warning_days, now) for name, path in certificates]
+    if config.ingest.tls is not None and config.ingest.tls.crl is not None:
+        items.append(_revocation_item(config.ingest.tls.crl, now))
+    return items
+
+
+# A CA publishes a new list every few days; warn a day before this one falls due.
+CRL_WARNING_DAYS = 1.0
+
+
+def _revocation_item(path: Path, now: datetime.datetime | None) -> HealthItem:
+    name = "tls revocation list"
+    try:
+        days = tls.crl_days_left(path, now)
+    except (OSError, ValueError) as exc:
+        return HealthItem(name=name, state="fault", detail=f"cannot read it: {type(exc).__name__}")
+    if days < 0:
+        return HealthItem(
+            name=name,
+            state="fault",
+            detail=f"out of date for {-days:.1f} days: every TLS caller is refused until it "
+            "is replaced",
+        )
+    if days < CRL_WARNING_DAYS:
+        return HealthItem(
+            name=name,
+            state="warn",
+            detail=f"falls due in {days * 24:.0f} hours: put the CA's new list in place",
+        )
+    return HealthItem(name=name, state="ok", detail=f"next update due in {days:.1f} days")
 
 
 def _item(name: str, path: Path, warning_days: int, now: datetime.datetime | None) -> HealthItem:

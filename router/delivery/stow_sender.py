@@ -40,6 +40,7 @@ log = logging.getLogger("waystation.delivery")
 
 _PIECE = 256 * 1024  # bytes read from the spool and handed to the socket at a time
 _MAX_ANSWER = 16 * 1024 * 1024  # a Store Instances Response is small; more is not read
+_CUT_SHORT = "the server reset the connection while the request was being sent"
 _STALE_AFTER = 2.0  # seconds idle after which a kept connection may have been closed
 _ACCEPT = "application/dicom+json, application/dicom+xml;q=0.5"
 # A rate-gate wait longer than this gives the objects back to the queue until then.
@@ -161,6 +162,8 @@ class StowSender:
             status, content_type, body, retry_after, reason = self._post(parts)
         except RequestFailed as failed:
             self.close()
+            if failed.outcome.detail == _CUT_SHORT and len(parts) > 1:
+                self._smaller_than(parts, "was cut off while being sent")
             if failed.object_id is None:
                 return {part.item.object_id: failed.outcome for part in parts}
             others = Outcome("aborted", detail="another object of the request could not be read")
@@ -171,18 +174,18 @@ class StowSender:
                 for part in parts
             }
         if status == 413 and len(parts) > 1:
-            size = sum(part.held.size for part in parts)
-            self.max_bytes = max(64 * 1024, min(self.max_bytes, size // 2))
-            log.info(
-                "%s: a request of %d objects was too large; sending it in halves",
-                self.destination.name,
-                len(parts),
-            )
+            self._smaller_than(parts, "was too large; sending it in halves")
             first, second = stow.split(parts)
             return {**self._send(first), **self._send(second)}
         response = stow.parse_store_response(content_type, body)
         detail = _detail(status, reason, response)
         return stow.outcomes_for(request, status, response, detail=detail, retry_after=retry_after)
+
+    def _smaller_than(self, parts: list[Part], why: str) -> None:
+        """Later requests stay under half of this one's size (never under 64 KiB)."""
+        size = sum(part.held.size for part in parts)
+        self.max_bytes = max(64 * 1024, min(self.max_bytes, size // 2))
+        log.info("%s: a request of %d objects %s", self.destination.name, len(parts), why)
 
     def _post(self, parts: list[Part]) -> tuple[int, str, bytes, float | None, str]:
         """Send the request (once more on a fresh connection if a kept one had closed)."""
@@ -218,16 +221,23 @@ class StowSender:
         conn = self.client.connection()
         self._last_request = time.monotonic()
         started = time.monotonic()
+        cut_short = False
         try:
             conn.putrequest("POST", path, skip_accept_encoding=True)
             for name, value in headers.items():
                 conn.putheader(name, value)
             conn.endheaders()
-            for head, part in zip(heads, parts, strict=True):
-                self._write(conn, head, deadline)
-                self._stream(conn, part, deadline)
-                self._write(conn, b"\r\n", deadline)
-            self._write(conn, tail, deadline)
+            try:
+                for head, part in zip(heads, parts, strict=True):
+                    self._write(conn, head, deadline)
+                    self._stream(conn, part, deadline)
+                    self._write(conn, b"\r\n", deadline)
+                self._write(conn, tail, deadline)
+            except (BrokenPipeError, ConnectionResetError):
+                # Some servers answer from the headers alone (413: too large) and close
+                # without reading the body: the answer may be waiting unread. Without it the
+                # request would be taken as broken and sent whole again, for ever.
+                cut_short = True
             self._until(conn, deadline)
             answer = conn.getresponse()
             body = answer.read(_MAX_ANSWER)
@@ -238,7 +248,15 @@ class StowSender:
                 Outcome("no-response", detail=f"no answer within {self.allowance(length):.0f} s")
             ) from None
         except (OSError, http.client.HTTPException) as exc:
+            if cut_short:
+                # Reset mid-body with no answer to read (the kernel may drop it with the
+                # reset): most often a server refusing the size, so the next tries go smaller.
+                raise RequestFailed(Outcome("aborted", detail=_CUT_SHORT)) from None
             raise RequestFailed(Outcome("aborted", detail=type(exc).__name__)) from None
+        if cut_short:
+            self.close()  # the server closed it
+            if 200 <= answer.status < 300:  # cannot be about a body it never read
+                raise RequestFailed(Outcome("aborted", detail="answered before the body was sent"))
         self.requests_sent += 1
         if 200 <= answer.status < 300:
             self.rate.observe(length, time.monotonic() - started)

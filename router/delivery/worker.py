@@ -99,6 +99,8 @@ class DestinationWorker:
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._down_until = 0.0
+        # Until when, and why, the rate gate last held objects back (a used-up budget...).
+        self._hold: tuple[float, str] = (0.0, "")
         self._consecutive_failures = 0
         self._receipts_polled = 0.0
         # Deliveries a failed journal write may have left in flight (see _watch).
@@ -194,7 +196,12 @@ class DestinationWorker:
             self._poll_receipts(sender)
             if sender.idle_for() > _IDLE_RELEASE_SECONDS:
                 sender.close()
-            if self.status.state in ("sending", "paused"):
+            held_until, held_reason = self._hold
+            if held_until > time.time():
+                # Objects still wait for the rate gate (an exempt STAT object may just have
+                # gone through it): keep saying why, not "idle".
+                self._set("waiting", held_reason, next_retry_at=held_until)
+            elif self.status.state in ("sending", "paused"):
                 self._set("idle", "")
             # New work is noticed within a second; a retry as soon as it is due.
             due = self.queue.next_due(name)
@@ -242,6 +249,7 @@ class DestinationWorker:
                 # STAT object arriving meanwhile may be exempt from budgets and goes at once.
                 until = time.time() + (outcome.retry_after or 60.0)
                 self._watch(self.queue.release(name, batch[index:], until), batch[index:])
+                self._hold = (until, verdict.reason)
                 self._set("waiting", verdict.reason, next_retry_at=until)
                 return
             if self._consecutive_failures:

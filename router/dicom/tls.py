@@ -11,12 +11,17 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import logging
 import ssl
-from collections.abc import Iterable
+import threading
+import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from cryptography import x509
 from cryptography.x509.oid import NameOID
+
+log = logging.getLogger("waystation.tls")
 
 # TLS 1.2 suites allowed (TLS 1.3's own suites are all AEAD and forward secret).
 TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:DHE+AESGCM:DHE+CHACHA20:!aNULL:!eNULL:!PSK:!SRP"
@@ -30,10 +35,17 @@ def _harden(context: ssl.SSLContext) -> ssl.SSLContext:
 
 
 def server_context(
-    cert: Path, key: Path, ca: Path | None = None, *, require_client_cert: bool = False
+    cert: Path,
+    key: Path,
+    ca: Path | None = None,
+    *,
+    require_client_cert: bool = False,
+    crl: Path | None = None,
 ) -> ssl.SSLContext:
     """The receiver's context. With ``ca`` a client certificate is verified when offered;
-    with ``require_client_cert`` a caller without one is refused in the handshake.
+    with ``require_client_cert`` a caller without one is refused in the handshake. With
+    ``crl`` (PEM, from the CA that signs callers' certificates) a revoked caller's certificate
+    is refused too - and so is every caller's once that list is out of date (fail closed).
 
     Raises OSError or ssl.SSLError for unreadable or mismatched files."""
     context = _harden(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER))
@@ -41,7 +53,73 @@ def server_context(
     if ca is not None:
         context.load_verify_locations(cafile=ca)
         context.verify_mode = ssl.CERT_REQUIRED if require_client_cert else ssl.CERT_OPTIONAL
+    if crl is not None:
+        x509.load_pem_x509_crl(crl.read_bytes())  # a clear error for a file that is not one
+        context.load_verify_locations(cafile=crl)
+        context.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
     return context
+
+
+class ReloadingContext:
+    """A context built again whenever a watched file changes (the revocation list, which a
+    CA publishes anew every few days): the file is looked at, at most once a second, when a
+    caller connects, so replacing it takes effect without a restart. A replacement that
+    cannot be loaded keeps the last good context and says so in the log."""
+
+    def __init__(self, build: Callable[[], ssl.SSLContext], watched: Path | None) -> None:
+        self._build = build
+        self._watched = watched
+        self._seen = _signature(watched)
+        self._context = build()
+        self._checked = time.monotonic()
+        self._lock = threading.Lock()
+
+    def current(self) -> ssl.SSLContext:
+        """The context for the next handshake."""
+        if self._watched is None:
+            return self._context
+        with self._lock:
+            now = time.monotonic()
+            if now - self._checked < 1.0:
+                return self._context
+            self._checked = now
+            seen = _signature(self._watched)
+            if seen != self._seen:
+                self._seen = seen
+                try:
+                    self._context = self._build()
+                    log.info("TLS: %s changed; loaded again", self._watched.name)
+                except (OSError, ValueError, ssl.SSLError) as exc:
+                    log.error(
+                        "TLS: %s changed but cannot be loaded (%s); the previous one stays "
+                        "in force",
+                        self._watched.name,
+                        type(exc).__name__,
+                    )
+            return self._context
+
+
+def _signature(path: Path | None) -> tuple[int, int, int] | None:
+    if path is None:
+        return None
+    try:
+        stat = path.stat()
+    except OSError:
+        return (0, 0, 0)
+    return (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+
+
+def crl_days_left(crl: Path, now: datetime.datetime | None = None) -> float:
+    """Days until the revocation list in ``crl`` is due to be replaced (its next update);
+    negative once out of date.
+
+    Raises OSError or ValueError when the file cannot be read as a PEM CRL."""
+    revocations = x509.load_pem_x509_crl(crl.read_bytes())
+    due = revocations.next_update_utc
+    if due is None:
+        return float("inf")
+    current = now or datetime.datetime.now(datetime.UTC)
+    return (due - current).total_seconds() / 86400
 
 
 def client_context(

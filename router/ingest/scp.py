@@ -260,7 +260,7 @@ class IngestServer:
         deadline.start()
         try:
             sock.settimeout(self.limits.acse_timeout)
-            return self._tls.wrap_socket(sock, server_side=True)
+            return self._tls.current().wrap_socket(sock, server_side=True)
         except ssl.SSLError as exc:
             # A plaintext DICOM client, an old TLS version, an untrusted certificate.
             log.warning("TLS handshake with %s refused: %s", peer, exc.reason or exc)
@@ -277,18 +277,23 @@ def _shut(sock: socket.socket) -> None:
         sock.shutdown(socket.SHUT_RDWR)
 
 
-def _server_context(config: IngestConfig) -> ssl.SSLContext | None:
+def _server_context(config: IngestConfig) -> tls.ReloadingContext | None:
     settings = config.tls
     if settings is None:
         return None
-    try:
+
+    def build() -> ssl.SSLContext:
         return tls.server_context(
             settings.cert,
             settings.key,
             settings.ca,
             require_client_cert=settings.require_client_cert,
+            crl=settings.crl,
         )
-    except (OSError, ssl.SSLError) as exc:
+
+    try:
+        return tls.ReloadingContext(build, settings.crl)
+    except (OSError, ValueError, ssl.SSLError) as exc:
         raise ConfigError(
-            [f"ingest.tls: cannot load the certificate, key or CA files: {exc}"]
+            [f"ingest.tls: cannot load the certificate, key, CA or CRL files: {exc}"]
         ) from None

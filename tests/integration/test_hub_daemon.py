@@ -189,6 +189,9 @@ def test_a_used_up_budget_holds_routine_objects_but_not_an_exempt_stat_study(
         # The worker is not asleep until midnight: the exempt STAT object goes at once.
         assert wait_for(lambda: _stat_arrived(hub), timeout=60)
         assert _hub_commits(hub) < 5  # the routine rest still waits
+        # ... and the console still says why, not "idle", once the STAT object has gone.
+        time.sleep(3)
+        assert "budget" in _reasons(config) and '"idle"' not in _reasons(config)
 
 
 def _reasons(config: Path) -> str:

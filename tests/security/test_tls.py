@@ -178,6 +178,43 @@ def test_ae_title_is_bound_to_its_certificate(tls_router: RouterProcess, pki: Pk
     assert tls_router.log_shows("its certificate is not one bound to that AE title")
 
 
+def test_revoked_certificates_are_refused_and_a_new_list_applies_without_restart(
+    tmp_path: Path, pki: Pki
+) -> None:
+    crl = pki.ca.crl([pki.ct2])
+    config = write_config(tmp_path, port=free_port())
+    table = _tls_table(pki) + f'crl = "{crl}"\n'
+    config.write_text(config.read_text().replace("[spool]", table + "\n[spool]"))
+    with RouterProcess(config) as router:
+        port = router_port(router)
+        files = _files(tmp_path, "ok")
+        assert send(files, port, calling_ae="CT1", tls=pki.client(pki.ct1)).acknowledged == files
+        refused = send(_files(tmp_path, "revoked"), port, calling_ae="CT2", tls=pki.client(pki.ct2))
+        assert refused.error is not None and not refused.acknowledged
+        assert router.log_shows("TLS handshake with 127.0.0.1 refused")
+        health = {item.name: item for item in router.client().status().health}
+        assert health["tls revocation list"].state == "ok"
+        assert "next update due in 7.0 days" in health["tls revocation list"].detail
+        # The CA publishes a new list that also revokes ct1: no restart needed.
+        pki.ca.crl([pki.ct1, pki.ct2])
+        time.sleep(1.5)  # the file is looked at once a second at most
+        later = send(_files(tmp_path, "later"), port, calling_ae="CT1", tls=pki.client(pki.ct1))
+        assert later.error is not None and not later.acknowledged
+        # A list left out of date refuses everyone (fail closed) and the console says so.
+        pki.ca.crl([], next_update_days=-0.5)
+        time.sleep(1.5)
+        stale = send(_files(tmp_path, "stale"), port, calling_ae="CT1", tls=pki.client(pki.ct1))
+        assert stale.error is not None and not stale.acknowledged
+        health = {item.name: item for item in router.client().status().health}
+        assert health["tls revocation list"].state == "fault"
+        assert "every TLS caller is refused" in health["tls revocation list"].detail
+        # A fresh list: service again.
+        pki.ca.crl([])
+        time.sleep(1.5)
+        back = _files(tmp_path, "back")
+        assert send(back, port, calling_ae="CT1", tls=pki.client(pki.ct1)).acknowledged == back
+
+
 def test_dcmtk_storescu_over_mutual_tls(
     tls_router: RouterProcess, pki: Pki, tmp_path: Path
 ) -> None:

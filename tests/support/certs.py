@@ -114,3 +114,30 @@ class TestCA:
             )
         )
         return Issued(cert_path, key_path)
+
+    def crl(self, revoked: list[Issued], *, next_update_days: float = 7) -> Path:
+        """A revocation list (PEM) naming ``revoked``, due again in ``next_update_days``
+        (negative: already out of date); written anew to the same file at every call."""
+        now = datetime.datetime.now(datetime.UTC)
+        due = now + datetime.timedelta(days=next_update_days)
+        builder = (
+            x509.CertificateRevocationListBuilder()
+            .issuer_name(self.name)
+            .last_update(min(now, due) - datetime.timedelta(days=1))
+            .next_update(due)
+        )
+        for issued in revoked:
+            serial = x509.load_pem_x509_certificate(issued.cert.read_bytes()).serial_number
+            builder = builder.add_revoked_certificate(
+                x509.RevokedCertificateBuilder()
+                .serial_number(serial)
+                .revocation_date(now - datetime.timedelta(hours=1))
+                .build()
+            )
+        path = self.directory / "crl.pem"
+        fresh = path.with_suffix(".tmp")
+        fresh.write_bytes(
+            builder.sign(self.key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
+        )
+        fresh.replace(path)  # as a CA's distribution job would: never half a file
+        return path

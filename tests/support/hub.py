@@ -70,8 +70,9 @@ def hold(
 
 def hub_destination(url: str, token_file: Path, **extra: Any) -> HubDestination:
     """A `type = "hub"` destination."""
+    plain = {"insecure_plain_http": True} if url.startswith("http://") else {}
     return HubDestination.model_validate(
-        {"name": "hub", "type": "hub", "url": url, "token_file": str(token_file), **extra}
+        {"name": "hub", "type": "hub", "url": url, "token_file": str(token_file), **plain, **extra}
     )
 
 
@@ -150,6 +151,7 @@ def hub_destination_toml(port: int, token_file: Path, **extra: object) -> str:
         'name = "hub"',
         'type = "hub"',
         f'url = "http://127.0.0.1:{port}"',
+        "insecure_plain_http = true",
         f'token_file = "{token_file}"',
         *(f"{key} = {value}" for key, value in extra.items()),
     ]

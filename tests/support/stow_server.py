@@ -75,10 +75,14 @@ class StowServer:
         self,
         *,
         max_body: int | None = None,
+        abrupt: bool = False,
         authorization: str | None = None,
         tls: ssl.SSLContext | None = None,
     ) -> None:
         self.max_body = max_body
+        # Answer 413 from the headers alone and reset the connection without reading the body,
+        # as some servers and proxies do.
+        self.abrupt = abrupt
         self.tls = tls
         self.authorization = authorization
         self.stored: dict[str, Stored] = {}
@@ -176,12 +180,12 @@ def _handler(server: StowServer) -> type[BaseHTTPRequestHandler]:
             length = int(self.headers.get("Content-Length") or 0)
             if answer.reset:
                 self.rfile.read(length // 2)
-                # SO_LINGER 0: close sends a TCP reset, as a crashing server or middlebox does.
-                self.connection.setsockopt(
-                    socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
-                )
-                self.connection.close()
-                self.close_connection = True
+                self._reset()
+                return
+            if server.abrupt and server.max_body is not None and length > server.max_body:
+                self._answer(413, {}, 0, 0)
+                time.sleep(0.3)  # the client, still writing, fills the buffers and blocks
+                self._reset()
                 return
             body = self.rfile.read(length)
             if server.authorization is not None and (
@@ -216,6 +220,12 @@ def _handler(server: StowServer) -> type[BaseHTTPRequestHandler]:
                 time.sleep(answer.delay)
             status = 409 if answer.status == 409 else (202 if failed else 200)
             self._answer(status, document, len(instances), len(body))
+
+        def _reset(self) -> None:
+            # SO_LINGER 0: close sends a TCP reset, as a crashing server or middlebox does.
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.connection.close()
+            self.close_connection = True
 
         def _answer(
             self,

@@ -103,9 +103,14 @@ def test_hub_configuration_is_checked() -> None:
         HubDestination.model_validate(
             {"name": "hub", "type": "hub", "url": "https://hub/path", "token_file": "t"}
         )
+    # Plain HTTP only when the destination says so, in words that name the switch.
+    with pytest.raises(ValidationError, match="insecure_plain_http = true"):
+        HubDestination.model_validate(
+            {"name": "hub", "type": "hub", "url": "http://127.0.0.1:1", "token_file": "t"}
+        )
     config = Config.model_validate(
         {"destinations": [{"name": "hub", "type": "hub", "url": "http://127.0.0.1:1",
-                           "token_file": "hub.token"}]}
+                           "insecure_plain_http": True, "token_file": "hub.token"}]}
     ).resolve_paths(Path("/etc/waystation"))  # fmt: skip
     [resolved] = config.destinations
     assert isinstance(resolved, HubDestination)

@@ -64,6 +64,7 @@ def test_tls_files_resolve_against_the_configuration_folder(tmp_path: Path) -> N
             "",
             "neither",
         ),
+        ('[ingest.tls]\ncert = "a"\nkey = "b"\ncrl = "c"', "", "need ca"),
         ("", 'tls = { cert = "a" }', "cert and key go together"),
         ("", 'tls = { server_nam = "x" }', "server_name"),
     ],
@@ -123,6 +124,64 @@ def test_certificate_expiry_is_a_health_item_warned_weeks_ahead(tmp_path: Path) 
     later.cert.write_text("not a certificate")
     broken = {i.name: i for i in certificate_health(load_config(path))}
     assert broken["tls certificate (pacs)"].state == "fault"
+
+
+def test_the_revocation_list_is_a_health_item_warned_before_it_falls_due(
+    tmp_path: Path,
+) -> None:
+    ca = TestCA(tmp_path)
+    unit = ca.issue("unit")
+    crl = ca.crl([], next_update_days=3)
+    path = _config(
+        tmp_path,
+        f'[ingest.tls]\ncert = "{unit.cert}"\nkey = "{unit.key}"\nca = "{ca.cert}"\ncrl = "{crl}"',
+    )
+    now = datetime.datetime.now(datetime.UTC)
+
+    def item(at: datetime.datetime) -> tuple[str, str]:
+        [found] = [i for i in certificate_health(load_config(path), at) if "revocation" in i.name]
+        return found.state, found.detail
+
+    assert item(now) == ("ok", "next update due in 3.0 days")
+    state, detail = item(now + datetime.timedelta(days=2.5))
+    assert state == "warn" and "falls due in 12 hours" in detail
+    state, detail = item(now + datetime.timedelta(days=4))
+    assert state == "fault" and "every TLS caller is refused" in detail
+    crl.write_text("not a list")
+    assert item(now)[0] == "fault"
+
+
+def test_a_revocation_list_is_enforced_and_a_bad_one_refused_at_start(tmp_path: Path) -> None:
+    ca = TestCA(tmp_path)
+    unit = ca.issue("unit")
+    context = tls.server_context(unit.cert, unit.key, ca.cert, crl=ca.crl([]))
+    assert context.verify_flags & ssl.VERIFY_CRL_CHECK_LEAF
+    (tmp_path / "junk.pem").write_text("not a list")
+    with pytest.raises(ValueError):
+        tls.server_context(unit.cert, unit.key, ca.cert, crl=tmp_path / "junk.pem")
+
+
+def test_a_replacement_list_that_cannot_be_loaded_keeps_the_last_good_one(
+    tmp_path: Path,
+) -> None:
+    ca = TestCA(tmp_path)
+    unit = ca.issue("unit")
+    crl = ca.crl([])
+    built = []
+
+    def build() -> ssl.SSLContext:
+        context = tls.server_context(unit.cert, unit.key, ca.cert, crl=crl)
+        built.append(context)
+        return context
+
+    reloading = tls.ReloadingContext(build, crl)
+    first = reloading.current()
+    crl.write_text("half a file")
+    reloading._checked -= 2  # as if a second had passed
+    assert reloading.current() is first and len(built) == 1
+    ca.crl([ca.issue("gone")])
+    reloading._checked -= 2
+    assert reloading.current() is not first and len(built) == 2
 
 
 def test_no_tls_no_certificate_items(tmp_path: Path) -> None:
