@@ -124,6 +124,7 @@ def run(
 name = "hub"
 type = "hub"
 url = "http://127.0.0.1:{hub_port}"
+insecure_plain_http = true
 token_file = "{token}"
 streams = {streams}
 
