@@ -30,6 +30,7 @@ import hashlib
 import http.client
 import json
 import logging
+import os
 import sqlite3
 import ssl
 import time
@@ -172,6 +173,7 @@ class HubSender:
         self.gate = self.link.gate
         self.polite = self.link.polite
         self._wire_cache: _Wire | None = None
+        self._token_cache: tuple[tuple[int, int, int], str] | None = None
 
     # -- the DestinationWorker's interface -------------------------------------------------
 
@@ -291,6 +293,8 @@ class HubSender:
             self._save(held.id, url, size, size, "committed")
             log.info("object %s: the hub already holds it", held.id)
             return None
+        if response.status == 410:  # a whole object sent with its create was not right
+            self._start_over(held.id, response)
         if response.status != 201:
             raise _Stop(_failure(response))
         location = response.header("Location") or ""
@@ -566,8 +570,15 @@ class HubSender:
         return self._conn
 
     def _token(self) -> str:
+        # Read again whenever the file changes (an operator may replace the token while the
+        # router runs); a stat per request instead of an open and read.
         try:
-            return self.destination.token_file.read_text().strip()
+            info = os.stat(self.destination.token_file)
+            stamp = (info.st_mtime_ns, info.st_size, info.st_ino)
+            if self._token_cache is None or self._token_cache[0] != stamp:
+                token = self.destination.token_file.read_text().strip()
+                self._token_cache = (stamp, token)
+            return self._token_cache[1]
         except OSError as exc:
             raise _Stop(
                 Outcome("hub-token", detail=f"cannot read the token file ({exc.strerror})")

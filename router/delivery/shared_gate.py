@@ -77,8 +77,9 @@ def load_counters(spool: Spool, destination: str) -> BudgetCounters:
 
 
 def save_counters(spool: Spool, destination: str, counters: dict[str, Any]) -> None:
-    """Record a destination's budget counters in the journal. Not waited for: losing the last
-    few requests' counts at a crash overshoots a budget by at most those requests."""
+    """Record a destination's budget counters in the journal. Not waited for, and lazy (no
+    fsync of its own; Journal.submit): this is written for every chunk, and a power cut that
+    loses the last few requests' counts overshoots a budget by at most those requests."""
     record = json.dumps(counters)
     key = _key(destination)
     spool.journal.submit(
@@ -86,7 +87,8 @@ def save_counters(spool: Spool, destination: str, counters: dict[str, Any]) -> N
             "INSERT INTO journal_meta(key, value) VALUES (?, ?)"
             " ON CONFLICT(key) DO UPDATE SET value = excluded.value",
             (key, record),
-        )
+        ),
+        durable=False,
     )
 
 

@@ -35,7 +35,6 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import BinaryIO, cast
 
 from router.core.objects import ObjectAttributes, PlannedDelivery, Source
 from router.errors import IntegrityError, StorageFault, StorageFull
@@ -43,6 +42,7 @@ from router.hub.protocol import ENVELOPE, UploadMetadata
 from router.ingest.attributes import UnreadableObject, read_attributes
 from router.spool.crypto import open_sealed, seal
 from router.spool.fsio import fsync_dir, fsync_file, make_dirs
+from router.spool.incoming import IncomingObject
 from router.spool.spool import Spool, StoreResult
 from router.wan.envelope import EnvelopeError, unwrap
 
@@ -139,6 +139,46 @@ class Receipt:
     state: str
 
 
+@dataclass(frozen=True)
+class _NewUpload:
+    """A new upload's hub_incoming row before it is written."""
+
+    id: str
+    unit: str
+    size: int
+    sop_tag: bytes
+    study_tag: bytes
+    digest: bytes
+    key_id: str
+    wrapped_key: bytes
+    meta: bytes
+
+    def insert(
+        self, conn: sqlite3.Connection, *, received: int, state: str, object_id: str | None
+    ) -> None:
+        now = time.time()
+        conn.execute(
+            "INSERT INTO hub_incoming(id, unit, size, received, sop_tag, study_tag, digest,"
+            " key_id, wrapped_key, meta, state, object_id, created_at, updated_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (self.id, self.unit, self.size, received, self.sop_tag, self.study_tag,
+             self.digest, self.key_id, self.wrapped_key, self.meta, state, object_id, now,
+             now),
+        )  # fmt: skip
+
+    def as_upload(self) -> Upload:
+        return Upload(self.id, self.size, self.size, "uploading", None)
+
+
+@dataclass(frozen=True)
+class _Keys:
+    """An upload's tags: the object's (SOP Instance UID, SHA-256) key and its study."""
+
+    sop_tag: bytes
+    study_tag: bytes
+    digest: bytes
+
+
 class HubStore:
     """Uploads, commits, receipts and manifests on top of the hub's spool."""
 
@@ -167,14 +207,28 @@ class HubStore:
 
     def create(self, unit: str, size: int, meta: UploadMetadata) -> Created:
         """A new upload, the unit's unfinished one for the same object, or "committed"."""
+        found = self._existing(unit, size, meta)
+        if found is not None:
+            return found
+        new = self._new_upload(unit, size, meta)
+
+        def insert(conn: sqlite3.Connection) -> None:
+            new.insert(conn, received=0, state="uploading", object_id=None)
+            self._announce_in(conn, unit, new.study_tag, meta.study_objects)
+
+        self.spool.journal.run(insert)
+        return Created(Upload(new.id, size, 0, "uploading", None), already_committed=False)
+
+    def _existing(self, unit: str, size: int, meta: UploadMetadata) -> Created | None:
+        """The object already committed, or the unit's unfinished upload of it (a create
+        whose answer was lost: resume that upload); None for a new upload. Either of the
+        first two also records the study's announced size."""
         if meta.encoding == ENVELOPE and size > ENVELOPE_LIMIT:
             raise TooLarge(
                 f"an enveloped object may have at most {ENVELOPE_LIMIT} bytes on the wire; "
                 "send bigger objects as they are"
             )
         keyring = self.spool.keyring
-        if meta.study_objects:
-            self._announce(unit, meta.study_instance_uid, meta.study_objects)
         sop_tag = keyring.lookup_tag("sop", meta.sop_instance_uid)
         digest = keyring.content_tag(bytes.fromhex(meta.sha256))
         reader = self.spool.reader_connection()
@@ -182,18 +236,26 @@ class HubStore:
             "SELECT object_id, upload_id FROM hub_commits WHERE sop_tag = ? AND digest = ?",
             (sop_tag, digest),
         ).fetchone()
+        found: Created | None = None
         if done is not None:
             upload = Upload(str(done[1]), size, size, "committed", str(done[0]))
-            return Created(upload, already_committed=True)
-        row = reader.execute(
-            "SELECT id FROM hub_incoming WHERE unit = ? AND sop_tag = ? AND digest = ?"
-            " AND size = ? AND state = 'uploading' ORDER BY created_at DESC LIMIT 1",
-            (unit, sop_tag, digest, size),
-        ).fetchone()
-        if row is not None:  # a create whose answer was lost: resume that upload
-            existing = self.head(unit, str(row[0]))
+            found = Created(upload, already_committed=True)
+        else:
+            row = reader.execute(
+                "SELECT id FROM hub_incoming WHERE unit = ? AND sop_tag = ? AND digest = ?"
+                " AND size = ? AND state = 'uploading' ORDER BY created_at DESC LIMIT 1",
+                (unit, sop_tag, digest, size),
+            ).fetchone()
+            existing = self.head(unit, str(row[0])) if row is not None else None
             if existing is not None:
-                return Created(existing, already_committed=False)
+                found = Created(existing, already_committed=False)
+        if found is not None and meta.study_objects:
+            self._announce(unit, meta.study_instance_uid, meta.study_objects)
+        return found
+
+    def _new_upload(self, unit: str, size: int, meta: UploadMetadata) -> _NewUpload:
+        """A new upload's row, not yet written: id, tags, wrapped data key, sealed record."""
+        keyring = self.spool.keyring
         upload_id = uuid.uuid4().hex
         data_key = os.urandom(32)
         key_id, wrapped = keyring.wrap(data_key, upload_id)
@@ -204,30 +266,70 @@ class HubStore:
             "sha256": meta.sha256,
             "encoding": meta.encoding,
         }
-        sealed = keyring.seal_record(upload_id, json.dumps(record).encode())
-        study_tag = keyring.lookup_tag("study", meta.study_instance_uid)
-        now = time.time()
-        self.spool.journal.run(
-            lambda conn: conn.execute(
-                "INSERT INTO hub_incoming(id, unit, size, received, sop_tag, study_tag, digest,"
-                " key_id, wrapped_key, meta, state, created_at, updated_at)"
-                " VALUES (?, ?, ?, 0, ?, ?, ?, ?, ?, ?, 'uploading', ?, ?)",
-                (
-                    upload_id,
-                    unit,
-                    size,
-                    sop_tag,
-                    study_tag,
-                    digest,
-                    key_id,
-                    wrapped,
-                    sealed,
-                    now,
-                    now,
-                ),
-            )
+        return _NewUpload(
+            id=upload_id,
+            unit=unit,
+            size=size,
+            sop_tag=keyring.lookup_tag("sop", meta.sop_instance_uid),
+            study_tag=keyring.lookup_tag("study", meta.study_instance_uid),
+            digest=keyring.content_tag(bytes.fromhex(meta.sha256)),
+            key_id=key_id,
+            wrapped_key=wrapped,
+            meta=keyring.seal_record(upload_id, json.dumps(record).encode()),
         )
-        return Created(Upload(upload_id, size, 0, "uploading", None), already_committed=False)
+
+    def create_whole(
+        self, unit: str, meta: UploadMetadata, data: bytes, checksum: bytes | None, peer: str
+    ) -> tuple[Created, Committed | None]:
+        """A create whose body is the whole object, to be committed at once (the
+        creation-with-upload and waystation-commit extensions together: one request per
+        small object). Verified and stored like :meth:`commit`, straight from memory: no
+        segment is written, fsynced, read back and decrypted, and the upload's row, the
+        object, its key in hub_commits and the study manifest share ONE journal commit.
+
+        Why that keeps the promise: nothing is answered before that commit is durable, and
+        before it nothing of this upload exists at the hub, so a crash costs the unit one
+        repeat of the request (as a lost answer would). An object already committed, or
+        with an unfinished upload (a repeat of a create whose answer was lost), is left to
+        the usual path: ``(created, None)`` then, and the caller appends and commits.
+        """
+        size = len(data)
+        found = self._existing(unit, size, meta)
+        if found is not None:
+            return found, None
+        if checksum is not None and hashlib.sha256(data).digest() != checksum:
+            raise ChecksumMismatch("the chunk's checksum does not match its bytes", offset=0)
+        if self.spool.free_bytes() < self.spool.config.min_free:
+            raise StorageFull("the hub's spool is below its minimum free space")
+        new = self._new_upload(unit, size, meta)
+        original = data
+        if meta.encoding == ENVELOPE:
+            try:
+                with self._unwrapping:  # one at a time: each holds its object in memory
+                    original = unwrap(data, max_size=min(self.max_object, ENVELOPE_LIMIT))
+            except EnvelopeError as exc:
+                raise Discarded(f"the envelope is not valid ({exc}); send it again") from None
+        incoming = self.spool.begin()
+        try:
+            view = memoryview(original)
+            for start in range(0, len(view), 1024 * 1024):
+                incoming.write(view[start : start + 1024 * 1024])
+            incoming.finish()
+        except BaseException:
+            incoming.discard()
+            raise
+
+        def insert(conn: sqlite3.Connection, result: StoreResult) -> None:
+            new.insert(conn, received=size, state="committed", object_id=result.object_id)
+            self._announce_in(conn, unit, new.study_tag, meta.study_objects)
+
+        announced = {"sop_instance_uid": meta.sop_instance_uid, "sha256": meta.sha256}
+        committed = self._store_verified(
+            new.as_upload(), unit, new, announced, incoming, peer, restart=lambda: None,
+            row=insert,
+        )  # fmt: skip
+        upload = Upload(new.id, size, size, "committed", committed.object_id)
+        return Created(upload, already_committed=False), committed
 
     def head(self, unit: str, upload_id: str) -> Upload | None:
         """The unit's upload, or None (unknown, or another unit's)."""
@@ -366,17 +468,51 @@ class HubStore:
         except BaseException:
             incoming.discard()
             raise
+
+        def mark(txn: sqlite3.Connection, result: StoreResult) -> None:
+            txn.execute(
+                "UPDATE hub_incoming SET state = 'committed', object_id = ?, updated_at = ?"
+                " WHERE id = ?",
+                (result.object_id, time.time(), upload.id),
+            )
+
+        keys = _Keys(bytes(sop_tag), bytes(study_tag), bytes(digest))
+        committed = self._store_verified(
+            upload, unit, keys, announced, incoming, peer,
+            restart=lambda: self._restart(upload.id), row=mark,
+        )  # fmt: skip
+        self._remove_segments(upload.id)
+        return committed
+
+    def _store_verified(
+        self,
+        upload: Upload,
+        unit: str,
+        keys: _Keys | _NewUpload,
+        announced: dict[str, str],
+        incoming: IncomingObject,
+        peer: str,
+        *,
+        restart: Callable[[], None],
+        row: Callable[[sqlite3.Connection, StoreResult], None],
+    ) -> Committed:
+        """Check a finished ``incoming`` against what the unit announced (SHA-256, SOP
+        Instance UID, readable DICOM), then store it: object, deliveries, the key in
+        hub_commits and ``row`` (the upload's row) in one journal commit. ``restart``
+        throws away what was received when the bytes are wrong."""
         if incoming.sha256.hex() != announced["sha256"]:
             incoming.discard()
-            self._restart(upload.id)
+            restart()
             raise Discarded(
                 "the object's SHA-256 does not match the one announced; the upload was "
                 "discarded, send it again"
             )
         try:
-            with incoming.reader() as reader:
+            # The plaintext the writer just sealed where the object fits its first chunk
+            # (no second decryption), else the decrypting reader.
+            with contextlib.closing(incoming.header_reader()) as reader:
                 attributes = read_attributes(
-                    cast(BinaryIO, reader),
+                    reader,
                     command_sop_class="",
                     command_sop_instance=announced["sop_instance_uid"],
                     wanted_keywords=self._wanted,
@@ -396,16 +532,12 @@ class HubStore:
             txn.execute(
                 "INSERT OR IGNORE INTO hub_commits(sop_tag, digest, unit, study_tag, object_id,"
                 " upload_id, committed_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (sop_tag, digest, unit, study_tag, result.object_id, upload.id, now),
-            )
-            txn.execute(
-                "UPDATE hub_incoming SET state = 'committed', object_id = ?, updated_at = ?"
-                " WHERE id = ?",
-                (result.object_id, now, upload.id),
-            )
+                (keys.sop_tag, keys.digest, unit, keys.study_tag, result.object_id, upload.id,
+                 now),
+            )  # fmt: skip
+            row(txn, result)
 
         result = self.spool.store(incoming, attributes, source, deliveries, also=record_key)
-        self._remove_segments(upload.id)
         if result.deliveries:
             self._on_stored(deliveries)
         log.info(
@@ -524,14 +656,18 @@ class HubStore:
     def _announce(self, unit: str, study_uid: str, expected: int) -> None:
         """A study holds at least ``expected`` objects (a create's study-objects)."""
         study_tag = self.spool.keyring.lookup_tag("study", study_uid)
-        self.spool.journal.run(
-            lambda conn: conn.execute(
+        self.spool.journal.run(lambda conn: self._announce_in(conn, unit, study_tag, expected))
+
+    @staticmethod
+    def _announce_in(conn: sqlite3.Connection, unit: str, study_tag: bytes, expected: int) -> None:
+        """:meth:`_announce` inside a caller's transaction (nothing when ``expected`` is 0)."""
+        if expected:
+            conn.execute(
                 "INSERT INTO hub_manifests(unit, study_tag, expected, updated_at)"
                 " VALUES (?, ?, ?, ?) ON CONFLICT(unit, study_tag) DO UPDATE SET"
                 " expected = max(expected, excluded.expected), updated_at = excluded.updated_at",
                 (unit, study_tag, expected, time.time()),
             )
-        )
 
     def manifest(self, unit: str, study_uid: str, expected: int | None) -> tuple[int | None, int]:
         """Record (when ``expected`` is given) and report a study: (expected, received)."""
