@@ -49,7 +49,7 @@ from router.spool.crypto import BlobReader
 from router.spool.spool import HeldObject, Spool
 from router.wan import envelope
 from router.wan.chunking import ChunkSizer
-from router.wan.polite import PoliteController, tcp_rtt
+from router.wan.polite import PoliteController, pace, tcp_rtt
 from router.wan.rate import RateGate
 
 log = logging.getLogger("waystation.delivery")
@@ -444,12 +444,15 @@ class HubSender:
         for start in range(0, len(view), _POLITE_SLICE):
             piece = view[start : start + _POLITE_SLICE]
             began = time.monotonic()
+            # The polite rate is the link's: each of the streams sending takes its share,
+            # paced by the kernel too, so a slice does not reach the uplink as one burst.
+            rate = self.polite.rate / self.link.active_streams()
+            if conn.sock is not None:
+                pace(conn.sock, rate)
             conn.send(piece)
             rtt = tcp_rtt(conn.sock) if conn.sock is not None else None
             if rtt is not None:
                 self.gate.limit_to(self.polite.observe(rtt, time.monotonic()))
-            # The polite rate is the link's: each of the streams sending takes its share.
-            rate = self.polite.rate / self.link.active_streams()
             pause = len(piece) * 8 / rate - (time.monotonic() - began)
             if pause > 0:
                 time.sleep(min(pause, 2.0))
