@@ -2,9 +2,13 @@
 
 Per profile: plain C-STORE and the hub sender (resumable chunked uploads, lossless envelope,
 parallel streams) over the same emulated link in the same run, then raw TCP (BBR) carrying
-the hub's wire bytes. Then, on profile B: a STAT study behind a bulk backlog, an outage with
-a kill -9 of the router in the middle (``--outage`` seconds, 600 by default) and 30 s up /
-30 s down flapping (bench/wan_hub.py).
+the hub's wire bytes; on the ``--mr-profiles`` (B by default) the same with a synthetic MR
+series. Then, on profile B: a STAT study behind a bulk backlog (``--backlog``, 2 GB by
+default: copies of the CT series with fresh UIDs, queued before the link opens), an outage
+with a kill -9 of the router in the middle (``--outage`` seconds, 600 by default) and 30 s
+up / 30 s down flapping (bench/wan_hub.py); a daily budget's overshoot and a calendar cap
+(bench/wan_rate.py). On a clean 2 Mbit/s, 500 ms link: polite mode on and off beside an
+interactive probe and a competing bulk flow (bench/wan_rate.py, bench/wan_traffic.py).
 
 Each profile builds a fresh link (tests/support/wanlink.py: two network namespaces joined by a
 userspace TUN forwarder imposing rate, one-way delay and seeded random loss on real kernel
@@ -29,6 +33,8 @@ seconds); the hub sender registers the same way once it exists.
 
     make bench-wan   # .venv/bin/python -m bench.wan --out docs/benchmarks.md
     .venv/bin/python -m bench.wan --profiles A --scenarios none --out /tmp/wan.md
+    .venv/bin/python -m bench.wan --profiles none --mr-profiles B \
+        --scenarios polite,budget,cap,stat --backlog "2 GB" --out /tmp/wan.md   # the newer parts
 """
 
 from __future__ import annotations
@@ -695,9 +701,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, help="Markdown file whose WAN section is replaced")
     parser.add_argument(
         "--profiles",
-        type=lambda text: [p.strip().upper() for p in text.split(",") if p.strip()],
+        type=lambda text: (
+            [] if text == "none" else [p.strip().upper() for p in text.split(",") if p.strip()]
+        ),
         default=list(PROFILES),
-        help="comma-separated subset of A,B,C (default all)",
+        help="comma-separated subset of A,B,C, or none (default all)",
     )
     parser.add_argument(
         "--slices",

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 from bench.delivery_peers import ArrivalWatcher, check_arrived, digests
 from bench.measure import BenchError
 from tests.support.peers import require
-from tests.support.router_proc import REPO, RouterProcess, write_config
+from tests.support.router_proc import REPO, RouterProcess, delivery_states, write_config
 
 if TYPE_CHECKING:
     from bench.wan import Workload
@@ -236,7 +236,8 @@ retry_max = "{self.retry_max}"
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait(10)
-        return hub_counts(self.hub_log)
+        # A hub that never started logged nothing: leave the error that stopped it to show.
+        return hub_counts(self.hub_log) if self.hub is not None else HubCounts()
 
     def check_exact(self, files: list[Path], what: str) -> None:
         """Every file arrived at storescp byte for byte, nothing extra."""
@@ -318,6 +319,11 @@ def stat_behind_backlog(
     try:
         rig.start_router()
         store_parallel(rig, backlog, "BULKSCU")
+        # Every backlog object is in the router's journal, queued for the hub (storescu's exit
+        # status alone does not prove each C-STORE was accepted).
+        queued = sum(delivery_states(rig.config, "hub").values())
+        if queued != len(backlog):
+            raise BenchError(f"the router holds {queued} of {len(backlog)} backlog objects")
         with ArrivalWatcher(rig.out, len(backlog) + len(stat)) as watch:
             rig.start_far_side()
             # The backlog flows on every stream before the STAT study comes in.

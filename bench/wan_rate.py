@@ -123,7 +123,7 @@ def calendar_cap(link: WanLink, files: list[Path], workdir: Path, link_bps: int,
     """A default cap above the link and a calendar window over the whole week at
     ``cap_bps``; every object sent; the rate between the first and the last arrival."""
     rate = (f'cap = "{10 * link_bps} bit/s"\n'
-            f'[[destinations.rate.calendar]]\ndays = "every day"\nhours = "00:00-24:00"\n'
+            f'[[destinations.rate.calendar]]\ndays = "every day"\nhours = "00:00-23:59"\n'
             f'cap = "{cap_bps} bit/s"')  # fmt: skip
     sizes = _wire_sizes(files)
     rig = HubRig(link, workdir, rate=rate)

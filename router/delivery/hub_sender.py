@@ -66,7 +66,7 @@ _CONNECT_TIMEOUT = 8.0  # seconds; see _connect_briefly
 _STALE_AFTER = 2.0  # seconds without a request after which a kept connection may be gone
 # Polite mode paces chunks in slices of this size; its rate never exceeds the cap, or this
 # ceiling without one (bits per second).
-_POLITE_SLICE = 64 * 1024
+_POLITE_SLICE = 16 * 1024  # small: each slice gives the controller an RTT sample
 _POLITE_CEILING = 100_000_000
 # A bulk stream waits at most this long at a chunk boundary while a more urgent object is in
 # flight on another stream, then goes on (the STAT object has had most of the link).
