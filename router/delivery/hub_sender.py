@@ -68,6 +68,11 @@ _STALE_AFTER = 2.0  # seconds without a request after which a kept connection ma
 # ceiling without one (bits per second).
 _POLITE_SLICE = 16 * 1024  # small: each slice gives the controller an RTT sample
 _POLITE_CEILING = 100_000_000
+# The kernel paces a polite stream no slower than this (the sleeps between slices hold the
+# average). Paced slower, each segment travels alone and the receiver delays its ACK
+# (40-200 ms), which reads as queueing delay: the controller then cut its rate further, a
+# trap at the minimum rate on an idle link (measured on the emulated link).
+_POLITE_PACING_FLOOR = 1_000_000
 # A bulk stream waits at most this long at a chunk boundary while a more urgent object is in
 # flight on another stream, then goes on (the STAT object has had most of the link).
 _YIELD_AT_MOST = 120.0
@@ -448,7 +453,7 @@ class HubSender:
             # paced by the kernel too, so a slice does not reach the uplink as one burst.
             rate = self.polite.rate / self.link.active_streams()
             if conn.sock is not None:
-                pace(conn.sock, rate)
+                pace(conn.sock, max(rate, _POLITE_PACING_FLOOR))
             conn.send(piece)
             rtt = tcp_rtt(conn.sock) if conn.sock is not None else None
             if rtt is not None:
