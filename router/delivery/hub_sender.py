@@ -50,7 +50,7 @@ from router.spool.crypto import BlobReader
 from router.spool.spool import HeldObject, Spool
 from router.wan import envelope
 from router.wan.chunking import ChunkSizer
-from router.wan.polite import PoliteController, tcp_rtt
+from router.wan.polite import PoliteController, pace, tcp_rtt
 from router.wan.rate import RateGate
 
 log = logging.getLogger("waystation.delivery")
@@ -67,8 +67,13 @@ _CONNECT_TIMEOUT = 8.0  # seconds; see _connect_briefly
 _STALE_AFTER = 2.0  # seconds without a request after which a kept connection may be gone
 # Polite mode paces chunks in slices of this size; its rate never exceeds the cap, or this
 # ceiling without one (bits per second).
-_POLITE_SLICE = 64 * 1024
+_POLITE_SLICE = 16 * 1024  # small: each slice gives the controller an RTT sample
 _POLITE_CEILING = 100_000_000
+# The kernel paces a polite stream no slower than this (the sleeps between slices hold the
+# average). Paced slower, each segment travels alone and the receiver delays its ACK
+# (40-200 ms), which reads as queueing delay: the controller then cut its rate further, a
+# trap at the minimum rate on an idle link (measured on the emulated link).
+_POLITE_PACING_FLOOR = 1_000_000
 # A bulk stream waits at most this long at a chunk boundary while a more urgent object is in
 # flight on another stream, then goes on (the STAT object has had most of the link).
 _YIELD_AT_MOST = 120.0
@@ -448,12 +453,15 @@ class HubSender:
         for start in range(0, len(view), _POLITE_SLICE):
             piece = view[start : start + _POLITE_SLICE]
             began = time.monotonic()
+            # The polite rate is the link's: each of the streams sending takes its share,
+            # paced by the kernel too, so a slice does not reach the uplink as one burst.
+            rate = self.polite.rate / self.link.active_streams()
+            if conn.sock is not None:
+                pace(conn.sock, max(rate, _POLITE_PACING_FLOOR))
             conn.send(piece)
             rtt = tcp_rtt(conn.sock) if conn.sock is not None else None
             if rtt is not None:
                 self.gate.limit_to(self.polite.observe(rtt, time.monotonic()))
-            # The polite rate is the link's: each of the streams sending takes its share.
-            rate = self.polite.rate / self.link.active_streams()
             pause = len(piece) * 8 / rate - (time.monotonic() - began)
             if pause > 0:
                 time.sleep(min(pause, 2.0))

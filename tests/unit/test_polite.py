@@ -1,5 +1,6 @@
-"""Polite mode: the rate grows while the queue is empty, shrinks as queueing delay rises, and
-the RTT comes from the kernel."""
+"""Polite mode: the rate grows while the queue is empty, in proportion to itself; shrinks as
+queueing delay rises past half the target and halves past the target; the RTT comes from the
+kernel, and the kernel paces the socket."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import socket
 
 import pytest
 
-from router.wan.polite import PoliteController, tcp_rtt
+from router.wan.polite import PoliteController, pace, tcp_rtt
 from router.wan.rate import RateGate, RatePolicy
 
 
@@ -22,29 +23,50 @@ def _feed(controller: PoliteController, rtt: float, seconds: float, start: float
 
 def test_an_empty_queue_lets_the_rate_climb_to_the_maximum() -> None:
     controller = PoliteController(max_rate=2_000_000)
-    _feed(controller, 0.5, 5, 0.0)
+    _feed(controller, 0.5, 20, 0.0)
     assert controller.rate == 2_000_000
     assert controller.base_rtt == 0.5
 
 
+def test_growth_follows_the_rate_not_a_far_ceiling() -> None:
+    # Without a cap max_rate is 100 Mbit/s; growing in its proportion overran a 2 Mbit/s
+    # uplink within a second and filled its queue (the probe's p95 rose by 460 ms).
+    controller = PoliteController(max_rate=100_000_000)
+    _feed(controller, 0.5, 1, 0.0)  # two base RTTs of an empty queue
+    assert controller.rate <= controller.min_rate * 1.4  # about e^(0.15 x 2), compounded
+    assert controller.rate > controller.min_rate
+
+
+def test_a_long_silence_between_samples_is_one_round_at_most() -> None:
+    controller = PoliteController(max_rate=100_000_000, min_rate=1_000_000)
+    controller.observe(0.5, 0.0)
+    controller.observe(0.5, 60.0)  # no samples for a minute (the streams were idle)
+    assert controller.rate == pytest.approx(1_000_000 * (1 + controller.gain))
+
+
 def test_queueing_delay_above_target_brings_the_rate_down_and_it_recovers() -> None:
     controller = PoliteController(max_rate=2_000_000, target=0.1)
-    now = _feed(controller, 0.5, 5, 0.0)
-    now = _feed(controller, 0.65, 3, now)  # 150 ms of queue: over target, under twice
-    assert controller.rate < 1_000_000
-    now = _feed(controller, 0.9, 3, now)  # 400 ms: halves, once per base RTT at most
+    now = _feed(controller, 0.5, 20, 0.0)
+    assert controller.rate == 2_000_000
+    now = _feed(controller, 0.575, 3, now)  # 75 ms: past the setpoint, under the target
+    assert 500_000 < controller.rate < 1_500_000  # shrinks in proportion, no halving
+    now = _feed(controller, 0.65, 1.05, now)  # 150 ms, over target: halves once per base RTT
+    assert controller.rate <= controller.min_rate * 8
+    now = _feed(controller, 0.9, 3, now)
     assert controller.rate == controller.min_rate
-    _feed(controller, 0.5, 5, now)  # the clinic's traffic is gone
+    _feed(controller, 0.5, 20, now)  # the clinic's traffic is gone
     assert controller.rate == 2_000_000
 
 
-def test_delay_at_target_holds_the_rate_steady() -> None:
+def test_delay_at_half_the_target_holds_the_rate_steady() -> None:
+    # The setpoint is half the target: the peaks, which the clinic's traffic feels, then
+    # stay under the target.
     controller = PoliteController(max_rate=2_000_000, target=0.1)
     now = _feed(controller, 0.5, 0.35, 0.0)
-    now = _feed(controller, 0.6, 0.5, now)  # the filter (min of 4 samples) settles
+    now = _feed(controller, 0.55, 0.5, now)  # the filter (min of 4 samples) settles
     before = controller.rate
     assert 0 < before < 2_000_000
-    _feed(controller, 0.6, 3, now)
+    _feed(controller, 0.55, 3, now)
     assert abs(controller.rate - before) < 0.05 * 2_000_000
 
 
@@ -79,3 +101,10 @@ def test_tcp_rtt_reads_the_kernel_estimate_of_a_real_connection() -> None:
             rtt = tcp_rtt(client)
             assert rtt is not None and 0 < rtt < 0.5
     assert tcp_rtt(socket.socket(socket.AF_INET, socket.SOCK_DGRAM)) is None
+
+
+def test_pace_sets_the_kernel_pacing_rate_of_a_socket() -> None:
+    with socket.socket() as sock:
+        assert pace(sock, 800_000)
+        option = getattr(socket, "SO_MAX_PACING_RATE", 47)
+        assert sock.getsockopt(socket.SOL_SOCKET, option) == 100_000  # bytes per second
