@@ -85,7 +85,7 @@ class CalendarEntry(_Strict):
     """One weekly window with its own cap, in the unit's local time."""
 
     days: Annotated[frozenset[int], BeforeValidator(parse_days)] = frozenset(range(7))
-    hours: str
+    hours: str = "00:00-24:00"  # the whole day
     cap: Rate
 
     @field_validator("hours")

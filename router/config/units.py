@@ -97,7 +97,8 @@ def parse_hours(value: str) -> tuple[int, int]:
     """Return a daily time window "HH:MM-HH:MM" as (start, end) minutes after midnight.
 
     The start is included and the end is not; an end before the start wraps past midnight
-    ("22:00-06:00"). "24:00" is accepted as an end. Raises ValueError explaining the format.
+    ("22:00-06:00"). "24:00" is accepted as an end, so "00:00-24:00" is the whole day.
+    Raises ValueError explaining the format.
     """
     start_text, sep, end_text = value.partition("-")
     start = _minutes(start_text.strip())
@@ -107,9 +108,9 @@ def parse_hours(value: str) -> tuple[int, int]:
             f'{value!r} is not a time window; write "HH:MM-HH:MM" in 24-hour local time, '
             'e.g. "08:00-17:00" or "22:00-06:00" (wraps past midnight)'
         )
-    if start == end % (24 * 60):
+    if start == end:
         raise ValueError(
-            f"{value!r} starts and ends at the same time; to match all day, leave hours out"
+            f'{value!r} starts and ends at the same time; for the whole day write "00:00-24:00"'
         )
     return start, end
 

@@ -225,7 +225,8 @@ class DestinationWorker:
                 self._watch(self.queue.release(name, batch[index:], time.time()), batch[index:])
                 return
             try:
-                verdict, outcome = self._deliver(sender, claimed)
+                upcoming = batch[index + 1].object_id if index + 1 < len(batch) else None
+                verdict, outcome = self._deliver(sender, claimed, upcoming)
             except Exception as exc:  # never leave a batch stuck in flight
                 log.error(
                     "delivery to %s: unexpected %s; object retried later",
@@ -303,7 +304,9 @@ class DestinationWorker:
             dest_ae=getattr(self.destination, "ae_title", self.destination.name),
         )
 
-    def _deliver(self, sender: Sender, claimed: Claimed) -> tuple[Classification, Outcome]:
+    def _deliver(
+        self, sender: Sender, claimed: Claimed, upcoming: str | None = None
+    ) -> tuple[Classification, Outcome]:
         held = self.spool.get(claimed.object_id)
         if held is None or held.state not in ("held", "superseded"):
             outcome = Outcome("unreadable", detail="the object is no longer held")
@@ -316,7 +319,9 @@ class DestinationWorker:
             # The send has its own deadline: the watchdog allows it before calling it a hang.
             allowance = self.timeouts.connect + self.timeouts.response(held.size)
             self._heartbeat().working(allowance)
-            outcome = sender.send(held, sop_class, syntax, _DICOM_PRIORITY[claimed.priority])
+            outcome = sender.send(
+                held, sop_class, syntax, _DICOM_PRIORITY[claimed.priority], upcoming=upcoming
+            )
         return self._classify(outcome), outcome
 
     def _poll_receipts(self, sender: Sender) -> None:

@@ -195,12 +195,17 @@ class Association:
         length: int | None = None,
         deadline: float | None,
         on_request: Callable[[Message], None] | None = None,
+        meanwhile: Callable[[], None] | None = None,
     ) -> Message:
         """Send a request and wait for its response (``response_field``, answering
         ``message_id``). Requests the peer sends meanwhile go to ``on_request`` (e.g. an
         N-EVENT-REPORT of Storage Commitment); without it they break the exchange.
-        Any other message raises UnexpectedMessage and aborts the association."""
+        Any other message raises UnexpectedMessage and aborts the association.
+        ``meanwhile`` runs once the request is sent, while the peer works on it (it must not
+        raise): the answer waits in the socket until it is read."""
         self.send(context_id, command, dataset, length=length, deadline=deadline)
+        if meanwhile is not None:
+            meanwhile()
         while True:
             message = self.receive(deadline)
             answer = message.command

@@ -224,6 +224,14 @@ def test_a_config_becomes_a_policy() -> None:
     assert policy.cap_at(MONDAY_9 + dt.timedelta(hours=9)) == 2_000_000
     assert policy.daily_budget == 3_000_000_000 and policy.stat_exempt
     assert RateConfig().policy().cap_at(MONDAY_9) is None
+    # A window without hours is the whole day (e.g. a weekend cap), midnight included.
+    weekend = RateConfig.model_validate(
+        {"timezone": "Africa/Nairobi", "calendar": [{"days": "Sat,Sun", "cap": "1 Mbit/s"}]}
+    )
+    saturday = MONDAY_9 + dt.timedelta(days=5)
+    assert weekend.policy().cap_at(saturday.replace(hour=0, minute=0)) == 1_000_000
+    assert weekend.policy().cap_at(saturday.replace(hour=23, minute=59)) == 1_000_000
+    assert weekend.policy().cap_at(MONDAY_9) is None
 
 
 def test_a_daily_budget_resets_at_local_midnight_across_a_daylight_saving_change() -> None:

@@ -102,7 +102,7 @@ def test_a_sub_table_when_is_the_same_as_dotted_keys(tmp_path: Path) -> None:
         ("when.hours = '8am-5pm'", 4, "routes[0].when.hours", "is not a time window"),
         ("when.hours = '08:00-25:00'", 4, "routes[0].when.hours", "is not a time window"),
         ("when.hours = '08:00'", 4, "routes[0].when.hours", "is not a time window"),
-        ("when.hours = '08:00-08:00'", 4, "routes[0].when.hours", "leave hours out"),
+        ("when.hours = '08:00-08:00'", 4, "routes[0].when.hours", "00:00-24:00"),
         ("when.days = ['mon', 'fry']", 4, "routes[0].when.days[1]", "'mon', 'tue'"),
         ("when.days = []", 4, "routes[0].when.days", "at least 1"),
         ("when.modality = 'ct'", 4, "routes[0].when.modality[0]", "did you mean 'CT'?"),
@@ -227,6 +227,7 @@ def test_bad_durations(text: str | int) -> None:
         ("8:30 - 17:15", (510, 1035)),
         ("22:00-06:00", (1320, 360)),
         ("18:00-24:00", (1080, 1440)),
+        ("00:00-24:00", (0, 1440)),
     ],
 )
 def test_hours(text: str, window: tuple[int, int]) -> None:
