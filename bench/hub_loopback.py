@@ -28,6 +28,7 @@ from pathlib import Path
 
 from bench.delivery_peers import ArrivalWatcher, check_arrived, digests
 from bench.measure import BenchError
+from bench.wan_hub import hub_config_text
 from tests.support import dicomgen
 from tests.support.peers import require
 from tests.support.router_proc import (
@@ -62,33 +63,7 @@ def workload(kind: str, count: int) -> list[Path]:
 
 def _hub_config(directory: Path, port: int, pacs_port: int) -> Path:
     path = directory / "hub.toml"
-    path.write_text(
-        f"""
-[unit]
-ae_title = "HUB"
-[spool]
-path = "{directory / "spool"}"
-key_file = "{directory / "hub.keys"}"
-min_free = "16 MiB"
-[hub]
-listen = "127.0.0.1:{port}"
-insecure_plain_http = true
-[logging]
-level = "info"
-[[destinations]]
-name = "pacs"
-type = "dimse"
-ae_title = "STORESCP"
-host = "127.0.0.1"
-port = {pacs_port}
-[[routes]]
-name = "everything"
-to = ["pacs"]
-[delivery]
-retry_first = "0.1 s"
-retry_max = "1 s"
-"""
-    )
+    path.write_text(hub_config_text(directory, f"127.0.0.1:{port}", pacs_port))
     return path
 
 

@@ -67,6 +67,36 @@ class HubCounts:
         return self.body_bytes - self.accepted_bytes
 
 
+def hub_config_text(directory: Path, listen: str, pacs_port: int) -> str:
+    """A benchmark hub's configuration: spool and keys in ``directory``, plain HTTP on
+    ``listen``, everything forwarded to a storescp on the loopback at ``pacs_port``."""
+    return f"""
+[unit]
+ae_title = "HUB"
+[spool]
+path = "{directory / "spool"}"
+key_file = "{directory / "hub.keys"}"
+min_free = "16 MiB"
+[hub]
+listen = "{listen}"
+insecure_plain_http = true
+[logging]
+level = "info"
+[[destinations]]
+name = "pacs"
+type = "dimse"
+ae_title = "STORESCP"
+host = "127.0.0.1"
+port = {pacs_port}
+[[routes]]
+name = "everything"
+to = ["pacs"]
+[delivery]
+retry_first = "0.1 s"
+retry_max = "1 s"
+"""
+
+
 def _listening_ports(pid: int) -> set[int]:
     """TCP ports in LISTEN in the network namespace of ``pid`` (its own /proc/PID/net)."""
     ports: set[int] = set()
@@ -114,31 +144,7 @@ class HubRig:
         self.hub_log = hub_dir / "hub.log"
         self.hub_config = hub_dir / "hub.toml"
         self.hub_config.write_text(
-            f"""
-[unit]
-ae_title = "HUB"
-[spool]
-path = "{hub_dir / "spool"}"
-key_file = "{hub_dir / "hub.keys"}"
-min_free = "16 MiB"
-[hub]
-listen = "{self.link.b_addr}:{HUB_PORT}"
-insecure_plain_http = true
-[logging]
-level = "info"
-[[destinations]]
-name = "pacs"
-type = "dimse"
-ae_title = "STORESCP"
-host = "127.0.0.1"
-port = {PACS_PORT}
-[[routes]]
-name = "everything"
-to = ["pacs"]
-[delivery]
-retry_first = "0.1 s"
-retry_max = "1 s"
-"""
+            hub_config_text(hub_dir, f"{self.link.b_addr}:{HUB_PORT}", PACS_PORT)
         )
         enrolled = subprocess.run(
             [*self._hub_cli(), "enroll", "BENCH"],
