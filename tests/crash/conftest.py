@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.support import dicomgen
-from tests.support.crashfs import CrashFS, crashfs_unavailable_reason
+from tests.support.crashfs import CrashFS, crashfs_unavailable_reason, mounted
 
 
 def soak() -> bool:
@@ -49,11 +49,5 @@ def crashfs(tmp_path: Path) -> Iterator[CrashFS]:
         if os.environ.get("WAYSTATION_REQUIRE_PEERS") == "1":
             pytest.fail(f"crash file system unavailable: {reason}")
         pytest.skip(reason)
-    mount = tmp_path / "mnt"
-    mount.mkdir()
-    fs = CrashFS(mount)
-    fs.mount()
-    try:
+    with mounted(tmp_path / "mnt") as fs:
         yield fs
-    finally:
-        fs.unmount()

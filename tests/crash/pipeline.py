@@ -31,7 +31,7 @@ from pydicom.uid import UID, generate_uid
 from pynetdicom import AE
 from pynetdicom.dsutils import encode
 
-from tests.support.crashfs import CrashFS
+from tests.support.crashfs import CrashFS, mounted
 from tests.support.faultproxy import FaultProxy
 from tests.support.hub import hub_destination_toml
 from tests.support.peers import Storescp
@@ -355,8 +355,8 @@ def pipeline(base: Path, router_env: dict[str, str] | None = None) -> Iterator[P
     """Mount both crash file systems, start both PACS, the link, the hub and the router
     (with ``router_env`` added to its environment)."""
     with ExitStack() as stack:
-        router_fs = stack.enter_context(_mounted(base / "router-fs"))
-        hub_fs = stack.enter_context(_mounted(base / "hub-fs"))
+        router_fs = stack.enter_context(mounted(base / "router-fs"))
+        hub_fs = stack.enter_context(mounted(base / "hub-fs"))
         rig = Pipeline(base, router_fs, hub_fs, stack, router_env)
         try:
             rig.restart_hub()
@@ -366,17 +366,6 @@ def pipeline(base: Path, router_env: dict[str, str] | None = None) -> Iterator[P
             for process in (rig.router, rig.hub):
                 if process is not None:
                     process.kill9()
-
-
-@contextmanager
-def _mounted(mount: Path) -> Iterator[CrashFS]:
-    mount.mkdir()
-    fs = CrashFS(mount)
-    fs.mount()
-    try:
-        yield fs
-    finally:
-        fs.unmount()
 
 
 def journal_ok(path: Path) -> bool:

@@ -62,7 +62,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Literal, TypeVar, cast
 
@@ -894,3 +894,15 @@ def _unmount_leftovers() -> None:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+@contextlib.contextmanager
+def mounted(mount: Path) -> Iterator[CrashFS]:
+    """A CrashFS mounted at ``mount`` (created), unmounted afterwards whatever happens."""
+    mount.mkdir()
+    fs = CrashFS(mount)
+    fs.mount()
+    try:
+        yield fs
+    finally:
+        fs.unmount()
