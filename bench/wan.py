@@ -106,11 +106,19 @@ class Profile:
                 f"{self.loss * 100:g}% loss")  # fmt: skip
 
 
+#: Workloads last a minute or more of link time (a CT study is hundreds of slices), so the
+#: first seconds of every transfer - connections opening, congestion control finding the
+#: link's rate - weigh no more than they would in a clinic's day. "A0" is profile A without
+#: loss: WAN.md's goodput target at 0% loss.
 PROFILES = {
-    "A": Profile("A", 10_000_000, 0.2, 0.005, 64, 256),
-    "B": Profile("B", 2_000_000, 0.5, 0.01, 32, 128),
-    "C": Profile("C", 500_000, 0.8, 0.03, 12, 48),
+    "A0": Profile("A0", 10_000_000, 0.2, 0.0, 128),
+    "A": Profile("A", 10_000_000, 0.2, 0.005, 128, 256),
+    "B": Profile("B", 2_000_000, 0.5, 0.01, 64, 128),
+    "C": Profile("C", 500_000, 0.8, 0.03, 24, 48),
 }
+#: CT slices the outage and flapping scenarios send on their profile (twice this when
+#: flapping).
+SCENARIO_SLICES = 32
 #: The CT series every workload is cut from (about 526 kB a slice).
 SERIES_SLICES = 96
 #: The MR series the MR workloads are cut from (about 133 kB a slice).
@@ -184,12 +192,14 @@ def _log(message: str) -> None:
 
 
 def ct_files(count: int, seed: int = 1) -> list[Path]:
-    """The first ``count`` slices of a CT series cached in var/testdata."""
+    """The first ``count`` slices of a CT series cached in var/testdata; past the series'
+    end, the next series (seed + 1) continues."""
     name = f"ct-{SERIES_SLICES}-seed{seed}"
     root = dicomgen.cached_dataset(
         name, lambda d: dicomgen.make_ct_series(d, SERIES_SLICES, seed=seed)
     )
-    return sorted(root.glob("*.dcm"))[:count]
+    files = sorted(root.glob("*.dcm"))[:count]
+    return files + ct_files(count - len(files), seed + 1) if count > len(files) else files
 
 
 def mr_files(count: int, seed: int = 1) -> list[Path]:
@@ -267,7 +277,8 @@ def _listening(pid: int, port: int) -> bool:
 
 def cstore_sender(link: WanLink, workload: Workload, workdir: Path) -> SendResult:
     """Plain C-STORE: the router (namespace a) delivers its queue to storescp (namespace b).
-    Returns seconds from storescp listening until it holds every object."""
+    Returns seconds from the router's first connection to the listening storescp (see
+    bench.wan_hub.FirstConnection) until storescp holds every object."""
     destinations = f"""
 [[destinations]]
 name = "far"
@@ -297,11 +308,11 @@ response_timeout = "600 s"
         out.mkdir()
         with ArrivalWatcher(out, len(workload.files)) as watch:
             storescp = _start_storescp(link, out)
-            started = time.monotonic()
+            first = FirstConnection(storescp.pid, DEST_PORT, link.profile.delay_s)
             try:
                 if not watch.wait(1800):
                     raise BenchError(f"only {watch.count} of {len(workload.files)} arrived")
-                seconds = watch.complete_at - started
+                seconds = watch.complete_at - first.left_at()
             finally:
                 storescp.terminate()
                 storescp.wait(30)
@@ -317,7 +328,7 @@ response_timeout = "600 s"
 #: The hub sender adds itself here ("hub": resumable chunked HTTPS to the hub in namespace b).
 SENDERS: dict[str, Callable[[WanLink, Workload, Path], SendResult]] = {"C-STORE": cstore_sender}
 
-from bench.wan_hub import hub_sender  # noqa: E402 - registers after the C-STORE sender
+from bench.wan_hub import FirstConnection, hub_sender  # noqa: E402 - after the C-STORE sender
 
 SENDERS[f"hub ({STREAMS} streams)"] = hub_sender
 
@@ -396,7 +407,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> WanResults:
                                                drain=args.backlog <= DRAINED_BACKLOG)  # fmt: skip
         _log(f"  STAT in {results.stat.seconds:.1f} s (bound {results.stat.bound:.1f} s)")
     if "polite" in args.scenarios:
-        files = ct_files(SERIES_SLICES) + ct_files(SERIES_SLICES, seed=2)  # ~2 min of link
+        files = ct_files(2 * SERIES_SLICES)  # ~2 min of link
         with tempfile.TemporaryDirectory(prefix="wan-", dir=_workroot()) as tmp, \
                 WanLink(POLITE_LINK) as link:  # fmt: skip
             _log("clean 2 Mbit/s, 500 ms link: polite mode on and off beside a probe and a flow")
@@ -422,14 +433,14 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> WanResults:
         with tempfile.TemporaryDirectory(prefix="wan-", dir=_workroot()) as tmp, \
                 WanLink(scenario.link()) as link:  # fmt: skip
             _log(f"{scenario.title}: {args.outage:.0f} s outage with a kill -9")
-            done = outage_with_kill(link, ct_files(scenario.slices), Path(tmp), args.outage)
+            done = outage_with_kill(link, ct_files(SCENARIO_SLICES), Path(tmp), args.outage)
         results.outages.append(done)
         _log(f"  resumed after {done.resumed_after} s, lost {done.lost}, dup {done.duplicates}")
     if "flapping" in args.scenarios:
         with tempfile.TemporaryDirectory(prefix="wan-", dir=_workroot()) as tmp, \
                 WanLink(scenario.link()) as link:  # fmt: skip
             _log(f"{scenario.title}: flapping 30 s up / 30 s down")
-            done = flapping(link, ct_files(2 * scenario.slices), Path(tmp))
+            done = flapping(link, ct_files(2 * SCENARIO_SLICES), Path(tmp))
         results.outages.append(done)
         _log(f"  {done.seconds:.0f} s, lost {done.lost}, dup {done.duplicates}")
     results.environment["load at the end"] = measure.load_average()
@@ -489,18 +500,25 @@ def render(results: WanResults) -> str:
         "12 of 16 bits, smooth anatomy, bias field and Rician noise, ~133 kB each; ratio "
         "below, near the published 3.6 for MR).",
         "- C-STORE: the router (namespace a) holds the workload in its spool, then delivers "
-        "it to DCMTK storescp (namespace b, `+B`) on one association; timed from storescp "
-        "listening until it holds every object; checked byte for byte.",
+        "it to DCMTK storescp (namespace b, `+B`) on one association; timed from the "
+        "router's first connection to the listening storescp until it holds every object; "
+        "checked byte for byte.",
         f"- hub: the router delivers the same spool to a Waystation hub in namespace b "
         f"(plain HTTP), {STREAMS} upload streams (the default), BBR, lossless envelope, first "
         "chunk on the create and commit on the last chunk; the hub forwards to storescp on "
-        "its loopback. Timed from the hub listening until storescp holds every object; "
-        "checked byte for byte. Re-sent = bytes the hub read but did not keep; duplicates = "
-        "commits beyond one per object (both from the counts the hub logs at stop).",
+        "its loopback. Timed from the router's first connection to the listening hub until "
+        "storescp holds every object; checked byte for byte. Re-sent = bytes the hub read "
+        "but did not keep; duplicates = commits beyond one per object (both from the counts "
+        "the hub logs at stop).",
+        "- The clock of both senders starts when the router's first connection leaves it "
+        "(its SYN seen at the far side, less the one-way delay), as raw TCP's starts at "
+        "connect(): the wait for the router's next retry of a far side that was down is a "
+        "matter of retry settings, not of the link (reported under Interruptions).",
         "- Goodput = wire bytes (the envelope's, each once) x 8 / seconds, as a share of the "
         "link's rate; for C-STORE the wire bytes are the files'. Original = the DICOM files' "
         "bytes x 8 / seconds, as a multiple of the link's rate (targets: goodput >= 90% at "
-        "0% loss, >= 80% at 1-2%, >= 60% on C; original >= 2.5 x).",
+        "0% loss, >= 80% at 1-2%, >= 60% on C; original >= 2.5 x). Profile A's 0.5% loss "
+        "lies between WAN.md's 0% and 1-2% rows: it is held to the stricter 90%.",
         "- Raw TCP: the hub's wire bytes over one BBR connection, timed from connect to the "
         "receiver's acknowledgement of the last byte: what one bare stream reaches on this "
         "link and forwarder (its packet headers take ~3.5% of the link).",
@@ -528,6 +546,7 @@ def render(results: WanResults) -> str:
         )
     hub_rows = [row for row in results.rows if row.sender.startswith("hub")]
     if hub_rows:
+        lines += _render_goodput_targets(results, hub_rows)
         lines += [
             "",
             "Original bytes delivered per second by the hub sender against WAN.md's target "
@@ -619,6 +638,39 @@ def render(results: WanResults) -> str:
     return "\n".join(lines)
 
 
+def goodput_target(profile: Profile) -> float:
+    """WAN.md's goodput target for ``profile``: 60% on C, 80% at 1% loss or more, else 90%
+    (0% loss, and A's 0.5%, which lies between WAN.md's rows)."""
+    if profile.key == "C":
+        return 0.6
+    return 0.8 if profile.loss >= 0.01 else 0.9
+
+
+def _render_goodput_targets(results: WanResults, hub_rows: list[Row]) -> list[str]:
+    lines = [
+        "",
+        "Goodput of the hub sender against WAN.md's targets, beside one bare BBR stream "
+        "carrying the same wire bytes over the same link and plain C-STORE of the same data:",
+        "",
+        "| profile | data | hub | raw TCP (BBR) | C-STORE | target | met |",
+        "|---|---|---|---|---|---|---|",
+    ]
+
+    def share(sender: str, row: Row) -> str:
+        found = next((r for r in results.rows if r.sender.startswith(sender)
+                      and r.profile == row.profile and r.data == row.data), None)  # fmt: skip
+        return "-" if found is None else f"{found.share:.0%}"
+
+    for row in hub_rows:
+        target = goodput_target(PROFILES[row.profile])
+        lines.append(
+            f"| {PROFILES[row.profile].title} | {row.data} | {row.share:.0%} "
+            f"| {share('raw TCP', row)} | {share('C-STORE', row)} | >= {target:.0%} "
+            f"| {'yes' if row.share >= target else 'no'} |"
+        )
+    return lines
+
+
 def _met(ok: bool) -> str:
     return "yes" if ok else "no"
 
@@ -708,7 +760,7 @@ def build_parser() -> argparse.ArgumentParser:
             [] if text == "none" else [p.strip().upper() for p in text.split(",") if p.strip()]
         ),
         default=list(PROFILES),
-        help="comma-separated subset of A,B,C, or none (default all)",
+        help="comma-separated subset of A0,A,B,C, or none (default all)",
     )
     parser.add_argument(
         "--slices",

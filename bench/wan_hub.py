@@ -2,11 +2,12 @@
 Waystation hub in namespace ``b``, which forwards to storescp beside it.
 
 Like the C-STORE sender: the router (namespace ``a``) queues the workload while the far
-side is down; the clock starts when the hub listens and stops when storescp (behind the hub,
-on ``b``'s loopback) holds every object, checked byte for byte. Reported: the wire bytes the
-hub accepted (the envelope's) and the original bytes, each per second as a share of the
-link's rate; bytes re-sent (the hub's body bytes minus what it accepted) and commits beyond
-one per object (duplicates), from the counts the hub logs when it stops.
+side is down; the clock starts when the router's first connection to the listening hub
+leaves it and stops when storescp (behind the hub, on ``b``'s loopback) holds every
+object, checked byte for byte. Reported: the wire bytes the hub accepted (the envelope's)
+and the original bytes, each per second as a share of the link's rate; bytes re-sent (the
+hub's body bytes minus what it accepted) and commits beyond one per object (duplicates),
+from the counts the hub logs when it stops.
 
 Also here, the scenarios on one profile: a STAT study behind a backlog, an outage with a
 kill -9 of the router in the middle of it, and a flapping link. Plain HTTP on the emulated
@@ -110,6 +111,58 @@ def _listening_ports(pid: int) -> set[int]:
             if len(parts) > 3 and parts[3] == "0A":
                 ports.add(int(parts[1].rsplit(":", 1)[1], 16))
     return ports
+
+
+class FirstConnection:
+    """When the sender's first TCP connection to ``port`` left it, seen from the far side.
+
+    A thread reads the far side's socket table (``/proc/PID/net/tcp`` of a process in its
+    namespace) every few milliseconds until a socket on ``port`` is in any state but LISTEN.
+    A connection in SYN_RECV has just had its SYN arrive: it left the sender ``one_way_s``
+    earlier, which is when raw TCP's clock (timed from ``connect()``) would have started. A
+    connection first seen already established came earlier than the watch could tell; then
+    the watch's own start is used, which can only make the transfer look slower.
+    """
+
+    _SYN_RECV, _LISTEN = "03", "0A"
+
+    def __init__(self, pid: int, port: int, one_way_s: float) -> None:
+        self.pid, self.port, self.one_way_s = pid, port, one_way_s
+        self.watching_since = time.monotonic()
+        self._left_at: float | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="first-connection", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            now = time.monotonic()
+            state = self._state_on_port()
+            if state is not None:
+                syn_just_arrived = state == self._SYN_RECV
+                self._left_at = now - self.one_way_s if syn_just_arrived else self.watching_since
+                return
+            self._stop.wait(0.003)
+
+    def _state_on_port(self) -> str | None:
+        for table in ("tcp", "tcp6"):
+            try:
+                lines = Path(f"/proc/{self.pid}/net/{table}").read_text().splitlines()[1:]
+            except OSError:
+                continue
+            for line in lines:
+                parts = line.split()
+                local_port = int(parts[1].rsplit(":", 1)[1], 16)
+                if local_port == self.port and parts[3] != self._LISTEN:
+                    return parts[3]
+        return None
+
+    def left_at(self) -> float:
+        """Monotonic time the first connection left the sender (the watch's start if none
+        was seen)."""
+        self._stop.set()
+        self._thread.join(5)
+        return self.watching_since if self._left_at is None else self._left_at
 
 
 def _wait_listening(proc: subprocess.Popen[bytes], port: int, what: str, log: Path) -> None:
@@ -267,17 +320,20 @@ def hub_counts(log: Path) -> HubCounts:
 def hub_sender(
     link: WanLink, workload: Workload, workdir: Path, streams: int = STREAMS
 ) -> SendResult:
-    """Seconds from the hub listening until storescp behind it holds every object."""
+    """Seconds from the router's first connection to the hub (see :class:`FirstConnection`)
+    until storescp behind the hub holds every object."""
     rig = HubRig(link, workdir, streams=streams)
     files = list(workload.files)
     try:
         rig.start_router()
         rig.store(files)
         with ArrivalWatcher(rig.out, len(files)) as watch:
-            started = rig.start_far_side()
+            rig.start_far_side()
+            assert rig.hub is not None
+            first = FirstConnection(rig.hub.pid, HUB_PORT, link.profile.delay_s)
             if not watch.wait(3600):
                 raise BenchError(f"only {watch.count} of {len(files)} arrived")
-            seconds = watch.complete_at - started
+            seconds = watch.complete_at - first.left_at()
     finally:
         counts = rig.stop()
     rig.check_exact(files, "hub over the link")
