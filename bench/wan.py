@@ -253,26 +253,13 @@ def _start_storescp(link: WanLink, out: Path) -> subprocess.Popen[bytes]:
         stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip
     deadline = time.monotonic() + 30
-    while not _listening(proc.pid, DEST_PORT):
+    while DEST_PORT not in listening_ports(proc.pid):
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()  # never leave it behind: it would outlive the namespace's deletion
             proc.wait(10)
             raise BenchError(f"storescp did not start in the link's namespace (see {log.name})")
         time.sleep(0.02)
     return proc
-
-
-def _listening(pid: int, port: int) -> bool:
-    """Whether the network namespace of ``pid`` has a TCP socket listening on ``port``."""
-    try:
-        table = Path(f"/proc/{pid}/net/tcp").read_text().splitlines()[1:]
-    except OSError:
-        return False
-    for line in table:
-        fields = line.split()
-        if fields[3] == "0A" and int(fields[1].rpartition(":")[2], 16) == port:
-            return True
-    return False
 
 
 def cstore_sender(link: WanLink, workload: Workload, workdir: Path) -> SendResult:
@@ -328,7 +315,11 @@ response_timeout = "600 s"
 #: The hub sender adds itself here ("hub": resumable chunked HTTPS to the hub in namespace b).
 SENDERS: dict[str, Callable[[WanLink, Workload, Path], SendResult]] = {"C-STORE": cstore_sender}
 
-from bench.wan_hub import FirstConnection, hub_sender  # noqa: E402 - after the C-STORE sender
+from bench.wan_hub import (  # noqa: E402 - registers after the C-STORE sender
+    FirstConnection,
+    hub_sender,
+    listening_ports,
+)
 
 SENDERS[f"hub ({STREAMS} streams)"] = hub_sender
 

@@ -22,6 +22,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -98,9 +99,13 @@ retry_max = "1 s"
 """
 
 
-def _listening_ports(pid: int) -> set[int]:
-    """TCP ports in LISTEN in the network namespace of ``pid`` (its own /proc/PID/net)."""
-    ports: set[int] = set()
+#: TCP states as /proc/net/tcp writes them (include/net/tcp_states.h).
+SYN_RECV, LISTEN = "03", "0A"
+
+
+def tcp_sockets(pid: int) -> Iterator[tuple[int, str]]:
+    """(local port, state) of every TCP socket in the network namespace of ``pid`` (its
+    own /proc/PID/net); nothing once the process is gone."""
     for table in ("tcp", "tcp6"):
         try:
             lines = Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]
@@ -108,9 +113,13 @@ def _listening_ports(pid: int) -> set[int]:
             continue
         for line in lines:
             parts = line.split()
-            if len(parts) > 3 and parts[3] == "0A":
-                ports.add(int(parts[1].rsplit(":", 1)[1], 16))
-    return ports
+            if len(parts) > 3:
+                yield int(parts[1].rsplit(":", 1)[1], 16), parts[3]
+
+
+def listening_ports(pid: int) -> set[int]:
+    """TCP ports in LISTEN in the network namespace of ``pid``."""
+    return {port for port, state in tcp_sockets(pid) if state == LISTEN}
 
 
 class FirstConnection:
@@ -119,12 +128,11 @@ class FirstConnection:
     A thread reads the far side's socket table (``/proc/PID/net/tcp`` of a process in its
     namespace) every few milliseconds until a socket on ``port`` is in any state but LISTEN.
     A connection in SYN_RECV has just had its SYN arrive: it left the sender ``one_way_s``
-    earlier, which is when raw TCP's clock (timed from ``connect()``) would have started. A
-    connection first seen already established came earlier than the watch could tell; then
-    the watch's own start is used, which can only make the transfer look slower.
+    earlier, which is when raw TCP's clock (timed from ``connect()``) would have started.
+    SYN_RECV lasts a round trip, and the watch starts within milliseconds of the far side
+    listening (before that a SYN is refused), so it sees that state unless the link has no
+    delay to speak of; a connection first seen established is timed from the watch's start.
     """
-
-    _SYN_RECV, _LISTEN = "03", "0A"
 
     def __init__(self, pid: int, port: int, one_way_s: float) -> None:
         self.pid, self.port, self.one_way_s = pid, port, one_way_s
@@ -137,25 +145,13 @@ class FirstConnection:
     def _run(self) -> None:
         while not self._stop.is_set():
             now = time.monotonic()
-            state = self._state_on_port()
+            state = next((st for port, st in tcp_sockets(self.pid)
+                          if port == self.port and st != LISTEN), None)  # fmt: skip
             if state is not None:
-                syn_just_arrived = state == self._SYN_RECV
+                syn_just_arrived = state == SYN_RECV
                 self._left_at = now - self.one_way_s if syn_just_arrived else self.watching_since
                 return
             self._stop.wait(0.003)
-
-    def _state_on_port(self) -> str | None:
-        for table in ("tcp", "tcp6"):
-            try:
-                lines = Path(f"/proc/{self.pid}/net/{table}").read_text().splitlines()[1:]
-            except OSError:
-                continue
-            for line in lines:
-                parts = line.split()
-                local_port = int(parts[1].rsplit(":", 1)[1], 16)
-                if local_port == self.port and parts[3] != self._LISTEN:
-                    return parts[3]
-        return None
 
     def left_at(self) -> float:
         """Monotonic time the first connection left the sender (the watch's start if none
@@ -167,7 +163,7 @@ class FirstConnection:
 
 def _wait_listening(proc: subprocess.Popen[bytes], port: int, what: str, log: Path) -> None:
     deadline = time.monotonic() + 60
-    while port not in _listening_ports(proc.pid):
+    while port not in listening_ports(proc.pid):
         if proc.poll() is not None or time.monotonic() > deadline:
             raise BenchError(f"{what} did not start in the link's namespace (see {log})")
         time.sleep(0.02)
