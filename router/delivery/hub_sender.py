@@ -453,16 +453,12 @@ class HubSender:
         for start in range(0, len(view), _POLITE_SLICE):
             piece = view[start : start + _POLITE_SLICE]
             began = time.monotonic()
-            # The polite rate is the link's: each of the streams sending takes its share on
-            # average. The streams take turns on the uplink, each slice paced by the kernel
-            # at the link's polite rate, so neither a slice nor the streams together reach
-            # the uplink as a burst.
+            # The polite rate is the link's: each of the streams sending takes its share,
+            # paced by the kernel too, so a slice does not reach the uplink as one burst.
             rate = self.polite.rate / self.link.active_streams()
-            pacing = max(self.polite.rate, _POLITE_PACING_FLOOR)
-            with self.link.uplink_turn(len(piece), pacing):
-                if conn.sock is not None:
-                    pace(conn.sock, pacing)
-                conn.send(piece)
+            if conn.sock is not None:
+                pace(conn.sock, max(rate, _POLITE_PACING_FLOOR))
+            conn.send(piece)
             rtt = tcp_rtt(conn.sock) if conn.sock is not None else None
             if rtt is not None:
                 self.gate.limit_to(self.polite.observe(rtt, time.monotonic()))

@@ -5,14 +5,10 @@ kernel, and the kernel paces the socket."""
 from __future__ import annotations
 
 import datetime as dt
-import itertools
 import socket
-import threading
-import time
 
 import pytest
 
-from router.delivery.hub_link import HubLink
 from router.wan.polite import PoliteController, pace, tcp_rtt
 from router.wan.rate import RateGate, RatePolicy
 
@@ -112,55 +108,3 @@ def test_pace_sets_the_kernel_pacing_rate_of_a_socket() -> None:
         assert pace(sock, 800_000)
         option = getattr(socket, "SO_MAX_PACING_RATE", 47)
         assert sock.getsockopt(socket.SOL_SOCKET, option) == 100_000  # bytes per second
-
-
-def _link() -> HubLink:
-    return HubLink(RateGate(RatePolicy()))
-
-
-def test_polite_streams_take_turns_on_the_uplink() -> None:
-    # Eight streams each paced at the polite rate burst at eight times it whenever their
-    # slices coincide: that burst is the queue the clinic's interactive traffic waits in.
-    link = _link()
-    spans: list[tuple[float, float]] = []
-    record = threading.Lock()
-
-    def stream() -> None:
-        for _ in range(3):
-            with link.uplink_turn(2_500, 1_000_000):  # 20 ms on the wire
-                began = time.monotonic()
-            ended = time.monotonic()
-            with record:
-                spans.append((began, ended))
-
-    threads = [threading.Thread(target=stream) for _ in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(30)
-    spans.sort()
-    assert len(spans) == 24
-    # Each turn lasts the slice's time on the wire, and no two turns overlap.
-    assert all(end - start >= 0.019 for start, end in spans)
-    assert all(later[0] >= earlier[1] - 0.001 for earlier, later in itertools.pairwise(spans))
-
-
-def test_a_stream_stuck_in_its_turn_holds_the_others_back_for_a_bounded_time() -> None:
-    link = _link()
-    stuck = threading.Event()
-    release = threading.Event()
-
-    def stuck_stream() -> None:
-        with link.uplink_turn(1, 1_000_000):
-            stuck.set()
-            release.wait(30)  # a send blocked on a dead connection
-
-    thread = threading.Thread(target=stuck_stream)
-    thread.start()
-    assert stuck.wait(10)
-    began = time.monotonic()
-    with link.uplink_turn(1, 1_000_000):
-        waited = time.monotonic() - began
-    release.set()
-    thread.join(10)
-    assert 1.5 <= waited <= 10
