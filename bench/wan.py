@@ -713,8 +713,11 @@ def _render_rate(results: WanResults) -> list[str]:
             f"{polite.rtt_s * 1000:.0f} ms RTT link, hub sender, 8 streams)",
             "",
             "The clinic's own traffic on the same uplink (bench/wan_traffic.py): an interactive "
-            "probe (a 64-byte request every 200 ms on one TCP connection, answered by an echo "
-            "server on the far side) and a competing bulk upload (one CUBIC connection; its "
+            "probe (a 64-byte request on one TCP connection, answered by an echo server on "
+            "the far side; the next goes 200 ms after the last was sent or when its answer "
+            "came, whichever is later: on this link about one per round trip, ~60 in the 30 s "
+            "the probe runs, so its p95 is its third-highest round trip) and a competing bulk "
+            "upload (one CUBIC connection; its "
             "first 8 s of slow start left out). Each measured alone, then each beside the hub "
             "sender delivering a queued backlog, polite mode on and off. Alone: probe p95 "
             f"{polite.idle_p95 * 1000:.0f} ms, competing flow "
