@@ -63,6 +63,7 @@ from bench.wan_hub import (
     stat_behind_backlog,
 )
 from bench.wan_rate import (
+    POLITE_SETTLE_S,
     BudgetResult,
     CapResult,
     PoliteResult,
@@ -398,7 +399,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> WanResults:
                                                drain=args.backlog <= DRAINED_BACKLOG)  # fmt: skip
         _log(f"  STAT in {results.stat.seconds:.1f} s (bound {results.stat.bound:.1f} s)")
     if "polite" in args.scenarios:
-        files = ct_files(2 * SERIES_SLICES)  # ~2 min of link
+        files = ct_files(3 * SERIES_SLICES)  # ~3 min of link: enough with polite off too
         with tempfile.TemporaryDirectory(prefix="wan-", dir=_workroot()) as tmp, \
                 WanLink(POLITE_LINK) as link:  # fmt: skip
             _log("clean 2 Mbit/s, 500 ms link: polite mode on and off beside a probe and a flow")
@@ -719,7 +720,9 @@ def _render_rate(results: WanResults) -> list[str]:
             "the probe runs, so its p95 is its third-highest round trip) and a competing bulk "
             "upload (one CUBIC connection; its "
             "first 8 s of slow start left out). Each measured alone, then each beside the hub "
-            "sender delivering a queued backlog, polite mode on and off. Alone: probe p95 "
+            "sender delivering a queued backlog, polite mode on and off, measured from "
+            f"{POLITE_SETTLE_S:.0f} s after the first object arrived (polite mode starts at its "
+            "minimum rate and takes about half a minute to find the link's). Alone: probe p95 "
             f"{polite.idle_p95 * 1000:.0f} ms, competing flow "
             f"{polite.bulk_alone_bps / 1e6:.2f} Mbit/s. Hub rate = objects arriving during "
             "the measurement x their mean envelope size.",

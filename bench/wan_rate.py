@@ -244,6 +244,10 @@ class PoliteResult:
         return self.rise(row) <= 0.1 and self.kept(row) >= 0.7
 
 
+#: Seconds the hub sender runs before the polite scenario measures beside it (see polite_study).
+POLITE_SETTLE_S = 45.0
+
+
 def polite_study(
     link: WanLink,
     files: list[Path],
@@ -253,6 +257,7 @@ def polite_study(
     *,
     probe_s: float = 30.0,
     bulk_s: float = 40.0,
+    settle_s: float = POLITE_SETTLE_S,
 ) -> PoliteResult:
     """The probe and the competing flow alone, then each beside the hub sender (``files``
     queued, enough to keep it busy) with polite mode on and off."""
@@ -271,7 +276,11 @@ def polite_study(
                 deadline = time.monotonic() + 120
                 while watch.count < 1 and time.monotonic() < deadline:
                     time.sleep(0.1)
-                time.sleep(10)  # the hub's streams settle into their rate
+                # The hub settles into its rate: polite mode starts at its minimum rate and
+                # needs about half a minute on this link to reach the link's rate and find
+                # where the queue overruns (measured); before that the probe would measure
+                # the start, not the steady state.
+                time.sleep(settle_s)
                 before, t0 = watch.count, time.monotonic()
                 rtts = probe(link, probe_s)
                 middle, t1 = watch.count, time.monotonic()

@@ -6,8 +6,10 @@ its connection's smoothed RTT (:func:`tcp_rtt`, from TCP_INFO) and feeds it to a
 steers a sending rate so that the extra delay stays under ``target`` (100 ms by default).
 It aims at half the target (the setpoint), because the clinic's traffic feels the peaks, not
 the mean: below the setpoint the rate grows, up to ``gain`` of itself per base RTT with an
-empty queue; between the setpoint and the target it shrinks in proportion; past the target
-it halves (at most once per base RTT). Growth is proportional to the rate itself, not to
+empty queue (a quarter of that near the rate at which the queue last overran the target);
+between the setpoint and the target it shrinks in proportion; past the target it halves, at
+most once per ``cut_holdoff`` base RTTs, because the smoothed RTT shows a cut's effect
+late. Growth is proportional to the rate itself, not to
 ``max_rate``: without a cap ``max_rate`` is a ceiling far above any uplink, and growth in
 its proportion overran the link within a second of an empty queue (measured on the emulated
 link: the interactive probe's p95 +460 ms). The sender applies the rate with
@@ -70,11 +72,22 @@ class PoliteController:
     # queue shows (measured: 0.25 let the probe's p95 rise by up to 200 ms).
     gain: float = 0.15
     base_history: float = 600.0  # seconds over which the base (empty-queue) RTT is the min
+    # Base RTTs after a cut before the next: the kernel's smoothed RTT shows a cut's effect
+    # only several round trips later. Cutting each round trip while it still showed the
+    # queue that caused the first cut took the rate from just above a 2 Mbit/s link to the
+    # minimum in five halvings, and back up took 20 s (measured on the emulated link).
+    cut_holdoff: float = 4.0
+    # Between these shares of the rate at which the queue last overran the target, the
+    # rate grows at a quarter of ``gain``: it approaches what the link took last time with
+    # care instead of overrunning it again at full speed. Far from it (the link was busy
+    # then, or is now), it grows at full speed.
+    careful_band: tuple[float, float] = (0.7, 1.3)
     rate: float = 0.0
     _minima: deque[tuple[float, float]] = field(default_factory=deque)  # (minute start, min)
     _recent: deque[float] = field(default_factory=lambda: deque(maxlen=4))
     _last: float | None = None
     _last_cut: float = float("-inf")
+    _overran_at: float = 0.0  # the rate when the queue last passed the target (0: never)
 
     def __post_init__(self) -> None:
         if not self.rate:
@@ -97,13 +110,18 @@ class PoliteController:
         # Base RTTs since the last sample, at most one: a long silence is no licence to jump.
         rounds = min(1.0, elapsed / max(base, _SHORTEST_ROUND))
         if queueing > self.target:
-            if now - self._last_cut >= base:
+            if now - self._last_cut >= self.cut_holdoff * base:
+                self._overran_at = self.rate
                 self.rate /= 2
                 self._last_cut = now
         else:
             setpoint = self.target / 2
             off_setpoint = max(-1.0, (setpoint - queueing) / setpoint)
-            self.rate *= 1 + self.gain * off_setpoint * rounds
+            gain = self.gain
+            low, high = (share * self._overran_at for share in self.careful_band)
+            if off_setpoint > 0 and low < self.rate < high:
+                gain /= 4
+            self.rate *= 1 + gain * off_setpoint * rounds
         self.rate = min(self.max_rate, max(self.min_rate, self.rate))
         return self.rate
 

@@ -50,12 +50,70 @@ def test_queueing_delay_above_target_brings_the_rate_down_and_it_recovers() -> N
     assert controller.rate == 2_000_000
     now = _feed(controller, 0.575, 3, now)  # 75 ms: past the setpoint, under the target
     assert 500_000 < controller.rate < 1_500_000  # shrinks in proportion, no halving
-    now = _feed(controller, 0.65, 1.05, now)  # 150 ms, over target: halves once per base RTT
-    assert controller.rate <= controller.min_rate * 8
-    now = _feed(controller, 0.9, 3, now)
-    assert controller.rate == controller.min_rate
-    _feed(controller, 0.5, 20, now)  # the clinic's traffic is gone
+    before = controller.rate
+    now = _feed(controller, 0.9, 10.05, now)  # 400 ms, over target, for 20 base RTTs
+    # Halved once at once, then once per hold-off (4 base RTTs, 2 s) while the queue stays:
+    # six times in all, not twenty.
+    assert controller.rate == pytest.approx(max(controller.min_rate, before / 64))
+    _feed(controller, 0.5, 40, now)  # the clinic's traffic is gone
     assert controller.rate == 2_000_000
+
+
+def _overrun(controller: PoliteController) -> float:
+    """An empty link (base RTT 0.5 s), then a queue of 400 ms: returns the rate the
+    controller had when it cut (its filter, the least of 4 samples, needs 4 to see it)."""
+    controller.observe(0.5, 0.0)
+    now = 0.1
+    for _ in range(3):
+        controller.observe(0.9, now)
+        now += 0.1
+    rate_at_cut = controller.rate
+    controller.observe(0.9, now)
+    assert controller.rate == pytest.approx(rate_at_cut / 2)
+    return now
+
+
+def test_a_cut_is_not_repeated_while_the_smoothed_rtt_still_shows_the_queue() -> None:
+    # The kernel's smoothed RTT shows a cut's effect only round trips later: halving each
+    # round trip while it still showed the old queue took the rate from just above a
+    # 2 Mbit/s link to the minimum in five halvings (measured on the emulated link).
+    controller = PoliteController(max_rate=100_000_000, target=0.1, rate=2_100_000)
+    cut_at = _overrun(controller)
+    halved = controller.rate
+    _feed(controller, 0.9, 1.85, cut_at + 0.1)  # the queue still shows, under 4 base RTTs
+    assert controller.rate == pytest.approx(halved)
+    controller.observe(0.9, cut_at + 2.0)  # 4 base RTTs on: it may cut again
+    assert controller.rate == pytest.approx(halved / 2)
+
+
+def _growth_over_one_base_rtt(controller: PoliteController, now: float) -> tuple[float, float]:
+    before = controller.rate
+    for _ in range(5):  # 5 samples 0.1 s apart: one base RTT of an empty queue
+        now += 0.1
+        controller.observe(0.5, now)
+    return controller.rate / before, now
+
+
+def test_the_rate_approaches_where_the_queue_last_overran_with_care() -> None:
+    controller = PoliteController(max_rate=100_000_000, target=0.1, rate=2_000_000)
+    now = _overrun(controller)
+    overran_at = controller.rate * 2
+    for _ in range(4):  # the filter forgets the queue
+        now += 0.1
+        controller.observe(0.5, now)
+    assert controller.rate < 0.7 * overran_at
+    growth, now = _growth_over_one_base_rtt(controller, now)
+    assert growth == pytest.approx(1.03**5, rel=0.01)  # 15% per base RTT, far below
+    while controller.rate < 0.75 * overran_at:
+        now += 0.1
+        controller.observe(0.5, now)
+    growth, now = _growth_over_one_base_rtt(controller, now)
+    assert growth == pytest.approx(1.0075**5, rel=0.01)  # a quarter, near where it overran
+    while controller.rate < 1.35 * overran_at:
+        now += 0.1
+        controller.observe(0.5, now)
+    growth, _ = _growth_over_one_base_rtt(controller, now)
+    assert growth == pytest.approx(1.03**5, rel=0.01)  # far above: the link has changed
 
 
 def test_delay_at_half_the_target_holds_the_rate_steady() -> None:
