@@ -9,10 +9,10 @@ the mean: below the setpoint the rate grows, up to ``gain`` of itself per base R
 empty queue (a quarter of that near the rate at which the queue last overran the target);
 between the setpoint and the target it shrinks in proportion; past the target it halves, at
 most once per ``cut_holdoff`` base RTTs, because the smoothed RTT shows a cut's effect
-late. Growth is proportional to the rate itself, not to
-``max_rate``: without a cap ``max_rate`` is a ceiling far above any uplink, and growth in
-its proportion overran the link within a second of an empty queue (measured on the emulated
-link: the interactive probe's p95 +460 ms). The sender applies the rate with
+late. Growth is proportional to the rate itself, not to ``max_rate``: without a cap
+``max_rate`` is a ceiling far above any uplink, and growth in its proportion overran the
+link within a second of an empty queue (measured on the emulated link: the interactive
+probe's p95 +460 ms). The sender applies the rate with
 ``RateGate.limit_to(controller.rate)`` and paces its socket to it (:func:`pace`).
 
 The controller is pure: time and RTT samples are passed in.
