@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from bench.delivery_peers import ArrivalWatcher, check_arrived, digests
+from bench.delivery_peers import ArrivalWatcher, check_arrived, digests, routing_toml
 from bench.measure import BenchError
 from tests.support.peers import require
 from tests.support.router_proc import REPO, RouterProcess, delivery_states, write_config
@@ -84,19 +84,7 @@ listen = "{listen}"
 insecure_plain_http = true
 [logging]
 level = "info"
-[[destinations]]
-name = "pacs"
-type = "dimse"
-ae_title = "STORESCP"
-host = "127.0.0.1"
-port = {pacs_port}
-[[routes]]
-name = "everything"
-to = ["pacs"]
-[delivery]
-retry_first = "0.1 s"
-retry_max = "1 s"
-"""
+""" + routing_toml(pacs_port)
 
 
 #: TCP states as /proc/net/tcp writes them (include/net/tcp_states.h).
