@@ -5,7 +5,10 @@ already committed), append chunks from the confirmed offset, commit. A destinati
 ``streams`` of these in parallel (one per delivery thread), sharing the link's rate gate and
 priorities (router/delivery/hub_link.py). Where the hub offers them, the first chunk rides
 on the create (tus ``creation-with-upload``) and the commit on the last chunk
-(``waystation-commit``), so a small object costs one round trip, not three.
+(``waystation-commit``), so a small object costs one round trip, not three. And that round
+trip is not spent idle: while a stream waits for the answer that commits one object, its
+worker may hand it the next (``lookahead``), whose whole upload then goes out behind it on
+the same connection (HTTP pipelining, router/delivery/http_pipeline.py).
 
 The upload's URL is recorded in the journal (hub_uploads) as soon as the create answers, and
 each confirmed offset as it comes, so a dropped link, a kill -9 or a power cut resumes the
@@ -31,6 +34,7 @@ import http.client
 import json
 import logging
 import os
+import socket
 import sqlite3
 import ssl
 import time
@@ -42,6 +46,7 @@ from urllib.parse import quote, urlsplit
 from router.config.model import HubDestination
 from router.core.retry import Outcome
 from router.delivery.http_connection import BbrHTTPConnection, BbrHTTPSConnection
+from router.delivery.http_pipeline import Exchange
 from router.delivery.hub_link import HubLink
 from router.delivery.shared_gate import load_counters, save_counters
 from router.errors import IntegrityError
@@ -92,6 +97,14 @@ class _Wire:
     size: int
     sha256: str  # of the original object
     encoding: str
+
+
+@dataclass(frozen=True)
+class _Begun:
+    """An object whose whole upload was written behind another request (see begin())."""
+
+    object_id: str
+    wire: _Wire
 
 
 class _Stop(Exception):
@@ -164,12 +177,16 @@ class HubSender:
         spool: Spool,
         more_urgent: Callable[[int], bool] = lambda priority: False,
         link: HubLink | None = None,
+        lookahead: Callable[[HubSender], None] | None = None,
     ) -> None:
         self.destination = destination
         self.spool = spool
         self._more_urgent = more_urgent
         self._url = urlsplit(destination.url)
         self._conn: http.client.HTTPConnection | None = None
+        self._exchange: Exchange | None = None  # requests and answers on _conn's socket
+        self._lookahead = lookahead
+        self._begun: _Begun | None = None
         self._last_used = time.monotonic()
         self._last_request = time.monotonic()
         self.sizer = ChunkSizer(destination.min_chunk, destination.max_chunk)
@@ -188,6 +205,11 @@ class HubSender:
 
     def close(self) -> None:
         """Close the connection (a new one is made when needed)."""
+        # An upload begun behind another goes with the connection: its answer is never read.
+        # Why safe: sent again, its create finds the hub's copy ("already committed") or
+        # the hub's unfinished upload of the same object.
+        self._begun = None
+        self._exchange = None
         if self._conn is not None:
             with contextlib.suppress(Exception):
                 self._conn.close()
@@ -208,16 +230,69 @@ class HubSender:
             self.link.sending(None)
             self._last_used = time.monotonic()
 
+    def begin(self, held: HeldObject, priority: int) -> bool:
+        """Write the whole upload of ``held`` (create, body and commit in one request) behind
+        the request whose answer this stream awaits; ``send(held)`` then reads its answer.
+        Only where that is one request and needs no waiting: the hub offers both extensions,
+        the object is new to it and fits one chunk, the rate gate admits it now, nothing
+        more urgent is about, and polite mode is off (it paces every byte). False: nothing
+        was written, and ``send(held)`` uploads it the usual way."""
+        if self.polite is not None or self._exchange is None or self._begun is not None:
+            return False
+        extensions = self.link.extensions or frozenset()
+        if not {CREATION_WITH_UPLOAD, COMMIT_ON_LAST_CHUNK} <= extensions:
+            return False
+        if self.link.more_urgent_in_flight(priority) or self._more_urgent(priority):
+            return False
+        if self._state(held.id) is not None:  # an upload to resume: the usual way
+            return False
+        if held.size > self.sizer.next_size():  # quick: the envelope is never larger
+            return False
+        reader = self.spool.open_object(held)
+        try:
+            wire = self._make_wire(held, reader)
+            body = wire.data if wire.data is not None else _read_at(reader, 0, wire.size)
+        finally:
+            reader.close()
+        if not 0 < wire.size <= self.sizer.next_size():
+            return False
+        try:
+            headers = self._create_headers(held, wire)
+            headers.update(self._chunk_headers(body, 0, last=True))
+            headers = self._headers(headers, len(body))
+        except _Stop:  # the token file cannot be read: the usual way says so
+            return False
+        if not self.link.admit(len(body) + _HTTP_OVERHEAD, _now(), stat=priority == _STAT).allowed:
+            return False
+        self._persist_counters()
+        try:
+            self._exchange.write("POST", p.UPLOADS, headers, body)
+        except OSError:
+            self.close()  # the answer awaited fails too, and says so
+            return False
+        self.bytes_sent += len(body)
+        self._begun = _Begun(held.id, wire)
+        return True
+
     # -- one object ------------------------------------------------------------------------
 
     def _send(self, held: HeldObject, priority: int) -> Outcome:
-        state = self._state(held.id)
+        begun, self._begun = self._begun, None
+        if begun is not None and begun.object_id != held.id:
+            self.close()  # another object's answer is due on this connection: drop it
+            begun = None
+        state = None if begun is not None else self._state(held.id)
         if state is not None and state[3] in ("committed", "delivered"):
             return Outcome("status", status=0)  # the hub already holds it
         reader = self.spool.open_object(held)
         try:
-            wire = self._wire(held, reader)
-            if state is None or state[1] != wire.size:
+            wire = begun.wire if begun is not None else self._wire(held, reader)
+            if begun is not None:
+                created = self._created(held, wire, self._final_answer("POST"), None)
+                if created is None:
+                    return Outcome("status", status=0)
+                url, offset = created
+            elif state is None or state[1] != wire.size:
                 created = self._create(held, wire, reader, priority)
                 if created is None:
                     return Outcome("status", status=0)
@@ -248,10 +323,15 @@ class HubSender:
             reader.close()
 
     def _wire(self, held: HeldObject, reader: BlobReader) -> _Wire:
-        """The bytes to upload: the envelope when it is smaller, else the object itself."""
+        """The bytes to upload (kept for the object's next attempt)."""
         cached = self._wire_cache
         if cached is not None and cached.object_id == held.id:
             return cached
+        wire = self._wire_cache = self._make_wire(held, reader)
+        return wire
+
+    def _make_wire(self, held: HeldObject, reader: BlobReader) -> _Wire:
+        """The bytes to upload: the envelope when it is smaller, else the object itself."""
         if not self.destination.envelope or held.size > _ENVELOPE_MAX:
             size, digest = _measure(reader)
             wire = _Wire(held.id, None, size, digest, "")
@@ -267,7 +347,6 @@ class HubSender:
                 wire = _Wire(held.id, original, len(original), digest, "")
             else:
                 wire = _Wire(held.id, wrapped, len(wrapped), digest, p.ENVELOPE)
-        self._wire_cache = wire
         return wire
 
     def _create(
@@ -275,6 +354,17 @@ class HubSender:
     ) -> tuple[str, int] | None:
         """Create the upload; where the hub offers it, the first chunk (and, if that is the
         whole object, the commit) rides along. None: the hub holds the object now."""
+        headers = self._create_headers(held, wire)
+        body = b""
+        if wire.size and CREATION_WITH_UPLOAD in self._extensions():
+            body = self._chunk(wire, reader, 0, priority)
+            headers.update(self._chunk_headers(body, 0, last=len(body) == wire.size))
+        started = time.monotonic()
+        final = "Waystation-Commit" in headers
+        response = self._request("POST", p.UPLOADS, headers=headers, body=body, final=final)
+        return self._created(held, wire, response, started if body else None)
+
+    def _create_headers(self, held: HeldObject, wire: _Wire) -> dict[str, str]:
         uids = self.spool.metadata(held)
         meta = p.UploadMetadata(
             uids["sop_instance_uid"],
@@ -284,14 +374,14 @@ class HubSender:
             wire.encoding,
             self._study_objects(held),
         )
+        return {"Upload-Length": str(wire.size), "Upload-Metadata": meta.header()}
+
+    def _created(
+        self, held: HeldObject, wire: _Wire, response: _Response, started: float | None
+    ) -> tuple[str, int] | None:
+        """The create's answer: the upload's URL and offset, or None if the hub holds the
+        object now. ``started``: when a first chunk left with it (for the rate estimate)."""
         size = wire.size
-        headers = {"Upload-Length": str(size), "Upload-Metadata": meta.header()}
-        body = b""
-        if size and CREATION_WITH_UPLOAD in self._extensions():
-            body = self._chunk(wire, reader, 0, priority)
-            headers.update(self._chunk_headers(body, 0, last=len(body) == size))
-        started = time.monotonic()
-        response = self._request("POST", p.UPLOADS, headers=headers, body=body)
         if response.status == 200 and response.header("Waystation-Upload-State") == "committed":
             upload = str(response.body.get("upload", ""))
             url = f"{p.UPLOADS}/{upload}" if p.is_upload_id(upload) else ""
@@ -306,7 +396,7 @@ class HubSender:
         if not location.startswith(p.UPLOADS + "/"):
             raise _Stop(Outcome("http", status=502, detail="the hub gave no upload location"))
         offset = int(response.header("Upload-Offset") or 0)
-        if body and offset:
+        if started is not None and offset:
             self.sizer.observe(offset, time.monotonic() - started)
         if response.header("Waystation-Upload-State") == "committed":  # the body was all of it
             self._save(held.id, location, size, size, "committed")
@@ -371,10 +461,9 @@ class HubSender:
         while offset < size:
             data = self._chunk(wire, reader, offset, priority)
             started = time.monotonic()
-            last = offset + len(data) == size
-            response = self._request(
-                "PATCH", url, headers=self._chunk_headers(data, offset, last=last), body=data
-            )
+            headers = self._chunk_headers(data, offset, last=offset + len(data) == size)
+            final = "Waystation-Commit" in headers
+            response = self._request("PATCH", url, headers=headers, body=data, final=final)
             if response.status == 200 and (
                 response.header("Waystation-Upload-State") == "committed"
             ):
@@ -395,7 +484,7 @@ class HubSender:
         return offset
 
     def _commit(self, object_id: str, url: str) -> int | None:
-        response = self._request("POST", url + "/commit")
+        response = self._request("POST", url + "/commit", final=True)
         if response.status == 200:
             self._save_state(object_id, "committed")
             return None
@@ -445,7 +534,7 @@ class HubSender:
     def _persist_counters(self) -> None:
         save_counters(self.spool, self.destination.name, self.link.counters().to_dict())
 
-    def _send_politely(self, conn: http.client.HTTPConnection, body: bytes) -> None:
+    def _send_politely(self, sock: socket.socket, body: bytes) -> None:
         """Send a chunk in slices paced to the polite controller's rate, which follows the
         connection's queueing delay (RTT above its empty-link base, from TCP_INFO)."""
         assert self.polite is not None
@@ -456,10 +545,9 @@ class HubSender:
             # The polite rate is the link's: each of the streams sending takes its share,
             # paced by the kernel too, so a slice does not reach the uplink as one burst.
             rate = self.polite.rate / self.link.active_streams()
-            if conn.sock is not None:
-                pace(conn.sock, max(rate, _POLITE_PACING_FLOOR))
-            conn.send(piece)
-            rtt = tcp_rtt(conn.sock) if conn.sock is not None else None
+            pace(sock, max(rate, _POLITE_PACING_FLOOR))
+            sock.sendall(piece)
+            rtt = tcp_rtt(sock)
             if rtt is not None:
                 self.gate.limit_to(self.polite.observe(rtt, time.monotonic()))
             pause = len(piece) * 8 / rate - (time.monotonic() - began)
@@ -593,36 +681,62 @@ class HubSender:
             ) from None
 
     def _request(
-        self, method: str, path: str, *, headers: dict[str, str] | None = None, body: bytes = b""
+        self,
+        method: str,
+        path: str,
+        *,
+        headers: dict[str, str] | None = None,
+        body: bytes = b"",
+        final: bool = False,
     ) -> _Response:
+        """One request and its answer. ``final``: the request that should commit the object,
+        during whose answer the next object may be begun behind it (``lookahead``)."""
         # A connection idle for a while may have been closed by the hub (or a middlebox)
         # meanwhile: if it fails, try once more on a fresh one. Every request is safe to
         # repeat (a PATCH answers 409 with the offset, create and commit are idempotent).
-        stale = (
-            self._conn is not None
-            and self._conn.sock is not None
-            and (time.monotonic() - self._last_request > _STALE_AFTER)
+        stale = self._exchange is not None and (
+            time.monotonic() - self._last_request > _STALE_AFTER
         )
         try:
-            return self._request_once(method, path, headers=headers, body=body)
+            return self._request_once(method, path, headers=headers or {}, body=body, final=final)
         except _Stop as stop:
             if not stale or stop.outcome.kind != "aborted":
                 raise
             log.debug("%s: an idle connection had closed; trying a new one", self.destination.name)
-            return self._request_once(method, path, headers=headers, body=body)
+            return self._request_once(method, path, headers=headers or {}, body=body, final=final)
 
     def _request_once(
-        self, method: str, path: str, *, headers: dict[str, str] | None, body: bytes
+        self, method: str, path: str, *, headers: dict[str, str], body: bytes, final: bool
     ) -> _Response:
         self._last_request = time.monotonic()
-        all_headers = {
+        if self._begun is not None:  # never meant to happen: that answer is not ours to read
+            self.close()
+        all_headers = self._headers(headers, len(body))
+        exchange = self._connected()
+        try:
+            if body and self.polite is not None:
+                exchange.sock.sendall(exchange.write_head(method, path, all_headers))
+                self._send_politely(exchange.sock, body)
+            else:
+                exchange.write(method, path, all_headers, body)
+        except OSError as exc:
+            self.close()
+            raise _Stop(Outcome("aborted", detail=type(exc).__name__)) from None
+        self.bytes_sent += len(body)
+        return self._final_answer(method) if final else self._answer(method)
+
+    def _headers(self, headers: dict[str, str], length: int) -> dict[str, str]:
+        return {
             "Authorization": f"Bearer {self._token()}",
             "Tus-Resumable": p.TUS_VERSION,
-            "Content-Length": str(len(body)),
-            **(headers or {}),
+            "Content-Length": str(length),
+            **headers,
         }
+
+    def _connected(self) -> Exchange:
+        """The connection's exchange, connecting first if need be."""
         conn = self._connection()
-        if conn.sock is None:
+        if self._exchange is None or conn.sock is None:
             try:
                 conn.connect()
             except ssl.SSLCertVerificationError as exc:
@@ -636,31 +750,33 @@ class HubSender:
             except (OSError, http.client.HTTPException) as exc:
                 self.close()
                 raise _Stop(Outcome("unreachable", detail=type(exc).__name__)) from None
+            assert conn.sock is not None
+            self._exchange = Exchange(conn.sock, self._url.netloc.rsplit("@", 1)[-1])
+        return self._exchange
+
+    def _final_answer(self, method: str) -> _Response:
+        """The answer to a request that should commit its object. While it is on its way,
+        the worker may begin the next object behind it (HTTP pipelining)."""
+        if self._lookahead is not None and self._exchange is not None:
+            self._lookahead(self)
+        return self._answer(method)
+
+    def _answer(self, method: str) -> _Response:
+        exchange = self._exchange
+        if exchange is None:  # closed while beginning the next object: the write failed
+            raise _Stop(Outcome("aborted", detail="ConnectionResetError"))
         try:
-            if body and self.polite is not None:
-                conn.putrequest(method, path, skip_accept_encoding=True)
-                for name, value in all_headers.items():
-                    conn.putheader(name, value)
-                conn.endheaders()
-                self._send_politely(conn, body)
-            else:
-                conn.request(method, path, body=body or None, headers=all_headers)
-            if body:
-                self.bytes_sent += len(body)
-            response = conn.getresponse()
-            raw = response.read(1024 * 1024)
-            status = response.status
-            got = {k.lower(): v for k, v in response.getheaders()}
+            answer = exchange.read(method)
         except (OSError, http.client.HTTPException) as exc:
             self.close()
             raise _Stop(Outcome("aborted", detail=type(exc).__name__)) from None
-        if got.get("connection", "").lower() == "close":
+        if answer.closes:
             self.close()
         try:
-            parsed = json.loads(raw) if raw else {}
+            parsed = json.loads(answer.body) if answer.body else {}
         except ValueError:
             parsed = {}
-        return _Response(status, got, parsed if isinstance(parsed, dict) else {})
+        return _Response(answer.status, answer.headers, parsed if isinstance(parsed, dict) else {})
 
 
 def _now() -> dt.datetime:

@@ -105,6 +105,9 @@ class DestinationWorker:
         self._receipts_polled = 0.0
         # Deliveries a failed journal write may have left in flight (see _watch).
         self._orphans: set[str] = set()
+        # Per hub stream (thread name): the object claimed while the last one's answer was
+        # on its way (see _begin_next), delivered next.
+        self._ahead: dict[str, Claimed] = {}
         self._threads = [
             threading.Thread(target=self._run, name=f"deliver-{destination.name}-{i}", daemon=True)
             for i in range(max(1, threads))
@@ -157,6 +160,7 @@ class DestinationWorker:
                 spool=self.spool,
                 more_urgent=lambda priority: self.queue.has_more_urgent(name, priority),
                 link=self._hub_link,
+                lookahead=self._begin_next,
             )
         elif isinstance(self.destination, DimseDestination):
             sender = DimseSender(
@@ -178,6 +182,7 @@ class DestinationWorker:
                     self._sleep(5.0)
         finally:
             sender.close()
+            self._release_ahead()
 
     def _step(self, sender: Sender) -> None:
         name = self.destination.name
@@ -185,13 +190,16 @@ class DestinationWorker:
         if self.queue.is_paused(name):
             self._set("paused", "Paused by an operator.")
             sender.close()
+            self._release_ahead()
             self._sleep(5.0)
             return
         wait = self._down_until - time.time()
         if wait > 0:
+            self._release_ahead(self._down_until)
             self._sleep(wait)
             return
-        batch = self.queue.claim(name, self._claim_size())
+        ahead = self._ahead.pop(threading.current_thread().name, None)
+        batch = [ahead] if ahead is not None else self.queue.claim(name, self._claim_size())
         if not batch:
             self._poll_receipts(sender)
             if sender.idle_for() > _IDLE_RELEASE_SECONDS:
@@ -259,12 +267,42 @@ class DestinationWorker:
             self._settle(claimed, verdict, outcome)
 
     def _claim_size(self) -> int:
-        """How many due deliveries to take at once. Parallel hub streams take one at a time,
-        so a STAT study spreads over the streams as they come free instead of queueing
-        behind one of them."""
-        if self._hub_link is not None and len(self._threads) > 1:
-            return 1
-        return _BATCH
+        """How many due deliveries to take at once. Hub streams take one at a time, so a
+        STAT study spreads over the streams as they come free instead of queueing behind
+        one of them; each claims its next object while the last one's answer is on its way
+        (_begin_next)."""
+        return 1 if self._hub_link is not None else _BATCH
+
+    def _begin_next(self, sender: HubSender) -> None:
+        """Called by a hub stream while it waits for the answer that commits an object:
+        claim the next due object and let the stream write its upload behind (HTTP
+        pipelining), so the stream's share of the link is not idle for that round trip.
+        Why safe: the next object's delivery state changes only on its own answer, read
+        when it is delivered next (_step); if that answer never comes, it is sent again,
+        and the hub answers a repeated create "already committed"."""
+        name = self.destination.name
+        thread = threading.current_thread().name
+        try:
+            ahead = self._ahead.get(thread)
+            if ahead is None:
+                if self._stop.is_set() or self.queue.is_paused(name):
+                    return
+                claimed = self.queue.claim(name, 1)
+                if not claimed:
+                    return
+                ahead = self._ahead[thread] = claimed[0]
+            held = self.spool.get(ahead.object_id)
+            if held is not None and held.state in ("held", "superseded"):
+                sender.begin(held, ahead.priority)
+        except Exception as exc:  # the object in flight must still get its answer
+            log.warning("%s: next object not begun early: %s", name, type(exc).__name__)
+
+    def _release_ahead(self, retry_at: float | None = None) -> None:
+        """Put this stream's object claimed ahead back in the queue (not sent after all)."""
+        ahead = self._ahead.pop(threading.current_thread().name, None)
+        if ahead is not None:
+            at = time.time() if retry_at is None else retry_at
+            self._watch(self.queue.release(self.destination.name, [ahead], at), [ahead])
 
     def _settle(self, claimed: Claimed, verdict: Classification, outcome: Outcome) -> None:
         """Record one object's outcome: delivered, retried later, or waiting for a person."""
@@ -396,6 +434,7 @@ class DestinationWorker:
         )
         if rest:
             self._watch(self.queue.release(self.destination.name, rest, retry_at), rest)
+        self._release_ahead(retry_at)
         state = "blocked" if blocked else "down"
         self._set(state, verdict.reason, next_retry_at=retry_at)
         log.warning("%s: %s next try in %.0f s", self.destination.name, verdict.reason, delay)
