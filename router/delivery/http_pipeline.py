@@ -63,6 +63,11 @@ class Exchange:
         self._host = host
         self._reader = _KeptOpen(sock.makefile("rb", buffering=0))
 
+    def close(self) -> None:
+        """Release the socket: its reader holds a reference that keeps it open otherwise
+        (close the socket itself too)."""
+        io.BufferedReader.close(self._reader)
+
     def write_head(self, method: str, path: str, headers: dict[str, str]) -> bytes:
         """The request line and headers, as bytes to send before the body."""
         lines = [f"{method} {path} HTTP/1.1", f"Host: {self._host}"]

@@ -105,6 +105,7 @@ class _Begun:
 
     object_id: str
     wire: _Wire
+    written_at: float
 
 
 class _Stop(Exception):
@@ -187,6 +188,8 @@ class HubSender:
         self._exchange: Exchange | None = None  # requests and answers on _conn's socket
         self._lookahead = lookahead
         self._begun: _Begun | None = None
+        self._awaited = 0  # body bytes of the request whose answer is awaited
+        self._answered_at = time.monotonic()  # when the last answer was read
         self._last_used = time.monotonic()
         self._last_request = time.monotonic()
         self.sizer = ChunkSizer(destination.min_chunk, destination.max_chunk)
@@ -209,7 +212,10 @@ class HubSender:
         # Why safe: sent again, its create finds the hub's copy ("already committed") or
         # the hub's unfinished upload of the same object.
         self._begun = None
-        self._exchange = None
+        if self._exchange is not None:
+            with contextlib.suppress(Exception):
+                self._exchange.close()
+            self._exchange = None
         if self._conn is not None:
             with contextlib.suppress(Exception):
                 self._conn.close()
@@ -234,9 +240,10 @@ class HubSender:
         """Write the whole upload of ``held`` (create, body and commit in one request) behind
         the request whose answer this stream awaits; ``send(held)`` then reads its answer.
         Only where that is one request and needs no waiting: the hub offers both extensions,
-        the object is new to it and fits one chunk, the rate gate admits it now, nothing
-        more urgent is about, and polite mode is off (it paces every byte). False: nothing
-        was written, and ``send(held)`` uploads it the usual way."""
+        the object is new to it, the rate gate admits it now, nothing more urgent is about,
+        and polite mode is off (it paces every byte). And only where it fits in one chunk
+        together with the request awaited: a break then still costs at most one chunk per
+        stream. False: nothing was written, and ``send(held)`` uploads it the usual way."""
         if self.polite is not None or self._exchange is None or self._begun is not None:
             return False
         extensions = self.link.extensions or frozenset()
@@ -246,7 +253,8 @@ class HubSender:
             return False
         if self._state(held.id) is not None:  # an upload to resume: the usual way
             return False
-        if held.size > self.sizer.next_size():  # quick: the envelope is never larger
+        room = self.sizer.next_size() - self._awaited
+        if held.size > room:  # quick: the envelope is never larger
             return False
         reader = self.spool.open_object(held)
         try:
@@ -254,7 +262,7 @@ class HubSender:
             body = wire.data if wire.data is not None else _read_at(reader, 0, wire.size)
         finally:
             reader.close()
-        if not 0 < wire.size <= self.sizer.next_size():
+        if not 0 < wire.size <= room:
             return False
         try:
             headers = self._create_headers(held, wire)
@@ -271,7 +279,7 @@ class HubSender:
             self.close()  # the answer awaited fails too, and says so
             return False
         self.bytes_sent += len(body)
-        self._begun = _Begun(held.id, wire)
+        self._begun = _Begun(held.id, wire, time.monotonic())
         return True
 
     # -- one object ------------------------------------------------------------------------
@@ -288,7 +296,11 @@ class HubSender:
         try:
             wire = begun.wire if begun is not None else self._wire(held, reader)
             if begun is not None:
-                created = self._created(held, wire, self._final_answer("POST"), None)
+                # Its bytes had the stream to themselves from the last answer on (for the
+                # rate estimate that sizes chunks).
+                self._awaited = wire.size
+                started = max(begun.written_at, self._answered_at)
+                created = self._created(held, wire, self._final_answer("POST"), started)
                 if created is None:
                     return Outcome("status", status=0)
                 url, offset = created
@@ -723,6 +735,7 @@ class HubSender:
             self.close()
             raise _Stop(Outcome("aborted", detail=type(exc).__name__)) from None
         self.bytes_sent += len(body)
+        self._awaited = len(body)
         return self._final_answer(method) if final else self._answer(method)
 
     def _headers(self, headers: dict[str, str], length: int) -> dict[str, str]:
@@ -770,6 +783,8 @@ class HubSender:
         except (OSError, http.client.HTTPException) as exc:
             self.close()
             raise _Stop(Outcome("aborted", detail=type(exc).__name__)) from None
+        self._answered_at = time.monotonic()
+        self._awaited = 0
         if answer.closes:
             self.close()
         try:
