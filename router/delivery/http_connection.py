@@ -2,9 +2,11 @@
 that use BBR congestion control where the kernel offers it.
 
 Why BBR: under random loss a loss-based TCP (CUBIC) collapses to a fraction of the link;
-BBR per socket does not (docs/wan.md). Why http.client: the senders stream request bodies
-from the spool's decrypting reader and read small answers; the standard library does that
-with no dependency to track on an appliance.
+BBR per socket does not (docs/wan.md). Why http.client: it connects (TLS, timeouts) and,
+for the STOW-RS sender, streams request bodies from the spool's decrypting reader and reads
+small answers, with no dependency to track on an appliance. The hub sender uses only its
+connect and writes its requests through router/delivery/http_pipeline.py, which lets a
+second request leave before the first one's answer.
 """
 
 from __future__ import annotations

@@ -14,6 +14,8 @@ import pytest
 
 from router.delivery.http_pipeline import Exchange
 from router.delivery.hub_sender import HubSender
+from router.delivery.queue import DeliveryQueue
+from router.delivery.worker import DestinationWorker
 from router.hub.service import Hub
 from router.spool.spool import HeldObject, Spool
 from tests.support.hub import hold, hub_destination, hub_objects, make_objects, plaintext
@@ -129,3 +131,34 @@ def test_two_objects_on_their_way_never_exceed_one_chunk(
     assert sender.send(second, 2).kind == "status"
     assert hub.server.stats.commits == 2
     sender.close()
+
+
+def test_a_hub_worker_pipelines_its_queue_and_delivers_each_object_once(
+    hub: Hub, unit: Spool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The worker's hook, not a test's: one stream claims its next object while the last
+    # one's answer is on its way, and that object's state changes only on its own answer.
+    held = _held(unit, tmp_path, 6)
+    begun: list[bool] = []
+    plain_begin = HubSender.begin
+
+    def counted(self: HubSender, obj: HeldObject, priority: int) -> bool:
+        begun.append(plain_begin(self, obj, priority))
+        return begun[-1]
+
+    monkeypatch.setattr(HubSender, "begin", counted)
+    destination = hub_destination(f"http://127.0.0.1:{hub.port}", _token(hub, tmp_path))
+    worker = DestinationWorker(
+        destination, unit_ae="UNIT", spool=unit, queue=DeliveryQueue(unit), threads=1
+    )
+    worker.start()
+    try:
+        assert wait_for(lambda: worker.status.delivered == len(held), timeout=60)
+    finally:
+        worker.stop()
+    assert any(begun)  # at least one object went out behind another's answer
+    assert (hub.server.stats.commits, hub.server.stats.already_committed) == (len(held), 0)
+    states = unit.reader_connection().execute("SELECT state FROM deliveries").fetchall()
+    assert sorted(state for (state,) in states) == ["delivered"] * len(held)
+    copies = {plaintext(hub.spool, copy) for copy in hub_objects(hub)}
+    assert copies == {plaintext(unit, obj) for obj in held}
